@@ -1,0 +1,41 @@
+"""advspatial: model-aware spatial augmentations for PyTorch.
+
+Search the rotations and translations that hurt a model most, in batched forward passes on the
+model's device, and train or evaluate on them.
+
+Convention (everywhere): a transform is a row ``(angle, tx, ty)``: rotation about the image centre by
+``angle`` degrees, counter-clockwise positive on screen, then a translation by ``tx`` pixels right and
+``ty`` pixels down; bilinear interpolation and zero fill by default.
+"""
+
+from advspatial.engine import ScoringConfig, score_candidates
+from advspatial.errors import AdvSpatialError
+from advspatial.geometry import (
+    forward_matrices,
+    roto_translate,
+    roto_translate_boxes,
+    roto_translate_masks,
+    roto_translate_points,
+)
+from advspatial.space import RotoTranslationBox
+from advspatial.strategies import GridSearchRotoTranslation, SearchResult, SpatialPGD, SpatialSearch, WorstOfK
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdvSpatialError",
+    "GridSearchRotoTranslation",
+    "RotoTranslationBox",
+    "ScoringConfig",
+    "SearchResult",
+    "SpatialPGD",
+    "SpatialSearch",
+    "WorstOfK",
+    "__version__",
+    "forward_matrices",
+    "roto_translate",
+    "roto_translate_boxes",
+    "roto_translate_masks",
+    "roto_translate_points",
+    "score_candidates",
+]

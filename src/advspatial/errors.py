@@ -1,0 +1,124 @@
+"""The library's exceptions and the one input checker used by every layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["AdvSpatialError", "check_images", "check_labels", "check_params"]
+
+
+class AdvSpatialError(ValueError):
+    """Invalid input or configuration; the message names the argument, the expectation and the value."""
+
+
+def check_images(images: object, name: str = "images") -> Tensor:
+    """Check that ``images`` is a float tensor of shape ``(B, C, H, W)`` with ``H, W >= 1``."""
+    if not isinstance(images, Tensor):
+        raise AdvSpatialError(
+            f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}"
+        )
+    if images.ndim != 4:
+        raise AdvSpatialError(
+            f"{name} must have shape (B, C, H, W) (4 dimensions), got {images.ndim} dimensions "
+            f"with shape {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise AdvSpatialError(
+            f"{name} must be a floating point tensor (convert with images.float() / 255), "
+            f"got dtype {images.dtype}"
+        )
+    if images.shape[-1] < 1 or images.shape[-2] < 1:
+        raise AdvSpatialError(f"{name} must have positive height and width, got shape {tuple(images.shape)}")
+    return images
+
+
+def check_params(params: object, batch: int, name: str = "params") -> Tensor:
+    """Check that ``params`` is a float tensor of shape ``(batch, 3)`` of finite ``(angle, tx, ty)`` rows."""
+    if not isinstance(params, Tensor):
+        raise AdvSpatialError(f"{name} must be a torch.Tensor of shape (B, 3), got {type(params).__name__}")
+    if params.ndim != 2 or params.shape[1] != 3 or params.shape[0] != batch:
+        raise AdvSpatialError(
+            f"{name} must have shape ({batch}, 3) with rows (angle_degrees, tx_pixels, ty_pixels), "
+            f"got {tuple(params.shape)}"
+        )
+    if not params.is_floating_point():
+        raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {params.dtype}")
+    if params.numel() and not bool(torch.isfinite(params.detach()).all()):
+        raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
+    return params
+
+
+def check_labels(labels: object, batch: int, device: torch.device, name: str = "labels") -> Tensor:
+    """Check that ``labels`` is an integer tensor of shape ``(batch,)`` with non-negative entries."""
+    if not isinstance(labels, Tensor):
+        raise AdvSpatialError(
+            f"{name} must be a torch.Tensor of shape ({batch},), got {type(labels).__name__}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != batch:
+        raise AdvSpatialError(
+            f"{name} must have shape ({batch},) to match the images, got {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise AdvSpatialError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise AdvSpatialError(f"{name} must be >= 0, got minimum {int(labels.min())}")
+    return labels.to(device=device, dtype=torch.long)
+
+
+def check_label_range(labels: Tensor, num_classes: int, name: str = "labels") -> None:
+    """Check that every label indexes one of the model's ``num_classes`` outputs."""
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise AdvSpatialError(
+            f"{name} must be < the model's number of classes ({num_classes}), got maximum {int(labels.max())}"
+        )
+
+
+def check_logits(logits: object, rows: int, name: str = "model output") -> Tensor:
+    """Check that the model returned finite ``(rows, num_classes)`` logits."""
+    if not isinstance(logits, Tensor):
+        raise AdvSpatialError(f"{name} must be a tensor of logits, got {type(logits).__name__}")
+    if logits.ndim != 2 or logits.shape[0] != rows:
+        raise AdvSpatialError(f"{name} must have shape ({rows}, num_classes), got {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise AdvSpatialError(f"{name} contains NaN or infinite logits; the search cannot rank candidates")
+    return logits
+
+
+def symmetric_range(value: float | Sequence[float], name: str, size: int) -> tuple[float, ...]:
+    """Normalise ``30`` or ``(3, 2)`` into a tuple of ``size`` non-negative finite half-widths."""
+    if isinstance(value, bool):
+        raise AdvSpatialError(f"{name} must be a number or a sequence of {size} numbers, got {value!r}")
+    if isinstance(value, int | float):
+        values: tuple[float, ...] = (float(value),) * size
+    elif (
+        isinstance(value, Sequence)
+        and len(value) == size
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        values = tuple(float(v) for v in value)
+    else:
+        raise AdvSpatialError(f"{name} must be a number or a sequence of {size} numbers, got {value!r}")
+    for v in values:
+        if not math.isfinite(v) or v < 0:
+            raise AdvSpatialError(
+                f"{name} must be finite and >= 0 (a symmetric range [-v, v]), got {value!r}"
+            )
+    return values
+
+
+def positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AdvSpatialError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def choice(value: object, name: str, options: Sequence[str]) -> str:
+    """Check that ``value`` is one of ``options``."""
+    if value not in options:
+        raise AdvSpatialError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return str(value)

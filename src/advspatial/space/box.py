@@ -1,0 +1,116 @@
+"""The parameter space: a symmetric box of rotations and translations (layer 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from advspatial.errors import AdvSpatialError, positive_int, symmetric_range
+
+__all__ = ["RotoTranslationBox"]
+
+
+@dataclass(frozen=True)
+class RotoTranslationBox:
+    """The box ``[-r, r] x [-tx, tx] x [-ty, ty]`` of ``(angle, tx, ty)`` parameters.
+
+    Convention: ``angle`` in degrees (counter-clockwise positive), translations in pixels; see
+    :func:`advspatial.roto_translate`.
+
+    Args:
+        max_rotation: half-width ``r`` of the rotation range in degrees.
+        max_translation: half-width in pixels, a scalar for both axes or an ``(x, y)`` pair.
+
+    Example:
+        >>> box = RotoTranslationBox.of(30, (3, 2))
+        >>> box.grid(3, 3).shape
+        torch.Size([27, 3])
+        >>> box.contains(torch.tensor([[30.0, -3.0, 2.0], [31.0, 0.0, 0.0]])).tolist()
+        [True, False]
+    """
+
+    max_rotation: float
+    max_translation: tuple[float, float]
+
+    @classmethod
+    def of(cls, max_rotation: float, max_translation: float | Sequence[float]) -> RotoTranslationBox:
+        """Validate and normalise ``30`` / ``(3, 2)`` style arguments into a box."""
+        (rotation,) = symmetric_range(max_rotation, "max_rotation", 1)
+        tx, ty = symmetric_range(max_translation, "max_translation", 2)
+        return cls(rotation, (tx, ty))
+
+    @property
+    def half_widths(self) -> tuple[float, float, float]:
+        """``(r, tx, ty)``."""
+        return (self.max_rotation, *self.max_translation)
+
+    def _limits(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+        return torch.tensor(self.half_widths, device=device, dtype=dtype)
+
+    def sample(
+        self,
+        shape: Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Draw parameters uniformly from the box.
+
+        Args:
+            shape: leading shape, e.g. ``(B, K)``; the result is ``(*shape, 3)``.
+            generator: the caller's generator; its device is used for the draw.
+            device: where the result goes.
+            dtype: float dtype of the result.
+        """
+        draw_device = generator.device if generator is not None else device
+        unit = torch.rand((*shape, 3), generator=generator, device=draw_device, dtype=torch.float64)
+        limits = self._limits(draw_device, torch.float64)
+        return ((unit * 2.0 - 1.0) * limits).to(device=device, dtype=dtype)
+
+    def grid(
+        self,
+        rotations: int,
+        translations: int | Sequence[int],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Every point of a regular grid, ``linspace`` per axis (identity included for odd counts).
+
+        Args:
+            rotations: number of angles in ``[-r, r]``.
+            translations: number of offsets per axis, a scalar or an ``(x, y)`` pair.
+
+        Returns:
+            ``(rotations * nx * ny, 3)`` rows ordered angle-major, then ``tx``, then ``ty``.
+        """
+        n_rot = positive_int(rotations, "rotations")
+        if isinstance(translations, int) and not isinstance(translations, bool):
+            n_x = n_y = positive_int(translations, "translations")
+        elif isinstance(translations, Sequence) and len(translations) == 2:
+            n_x = positive_int(translations[0], "translations[0]")
+            n_y = positive_int(translations[1], "translations[1]")
+        else:
+            raise AdvSpatialError(
+                f"translations must be an int or an (x, y) pair of ints, got {translations!r}"
+            )
+        axes = [
+            torch.linspace(-h, h, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+            for h, n in zip(self.half_widths, (n_rot, n_x, n_y), strict=True)
+        ]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return torch.stack([m.reshape(-1) for m in mesh], dim=-1).to(device=device, dtype=dtype)
+
+    def project(self, params: Tensor) -> Tensor:
+        """Clip ``(..., 3)`` parameters into the box."""
+        limits = self._limits(params.device, params.dtype)
+        return torch.maximum(torch.minimum(params, limits), -limits)
+
+    def contains(self, params: Tensor, atol: float = 1e-6) -> Tensor:
+        """Whether each ``(..., 3)`` row lies in the box (with tolerance ``atol``)."""
+        limits = self._limits(params.device, params.dtype)
+        return (params.abs() <= limits + atol).all(dim=-1)

@@ -1,0 +1,163 @@
+"""First-order spatial attack: projected sign-gradient ascent on ``(angle, tx, ty)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advspatial.engine.model_state import scoring_mode
+from advspatial.engine.objectives import per_sample_objective
+from advspatial.engine.search import _targets
+from advspatial.errors import AdvSpatialError, check_label_range, check_logits, positive_int, symmetric_range
+from advspatial.geometry.warp import _warp
+from advspatial.strategies.base import SpatialSearch
+from advspatial.strategies.result import SearchResult
+
+__all__ = ["SpatialPGD"]
+
+
+class SpatialPGD(SpatialSearch):
+    """Projected sign-gradient ascent on the transform parameters (S-PGD).
+
+    Engstrom et al. 2019 (first-order attack) and Yang et al. 2019 (5 steps, clipped to the box):
+    ``p <- clip(p + step_size * sign(grad_p loss(f(T_p x), y)))`` through the differentiable warp.
+    Every iterate, the start included, is scored, and the worst per image (same selection rule as
+    the other searches) is returned. The model is scored in eval mode; its weights, buffers and
+    ``.grad`` are left untouched (gradients are taken with respect to the parameters only).
+
+    Convention:
+        Rows ``(angle, tx, ty)``: degrees counter-clockwise, then pixels right and down; bilinear,
+        zero fill (see :func:`advspatial.roto_translate`).
+
+    Args:
+        model: the classifier to attack.
+        steps: number of gradient steps.
+        step_size: per-coordinate step ``(degrees, px, px)`` or one number for all; default
+            ``2.5 * half_width / steps`` per coordinate (Madry et al.'s rule).
+        max_rotation, max_translation: the box, as for :class:`WorstOfK`.
+        random_start: start from a uniform draw in the box instead of the identity.
+        generator: generator for the random start.
+        selection, padding, autocast: as for :class:`WorstOfK` (interpolation is bilinear: nearest
+            has no gradient with respect to the parameters).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> attack = SpatialPGD(model, steps=5)
+        >>> result = attack.search(torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3]))
+        >>> bool(attack.box.contains(result.params).all()), result.evaluations
+        (True, 18)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        steps: int = 5,
+        step_size: float | Sequence[float] | None = None,
+        max_rotation: float = 30.0,
+        max_translation: float | Sequence[float] = 3.0,
+        random_start: bool = False,
+        generator: torch.Generator | None = None,
+        selection: str = "engstrom",
+        padding: str = "zeros",
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            max_rotation=max_rotation,
+            max_translation=max_translation,
+            selection=selection,
+            interpolation="bilinear",
+            padding=padding,
+            autocast=autocast,
+        )
+        self.steps = positive_int(steps, "steps", minimum=0)
+        if step_size is None:
+            self.step_size = tuple(2.5 * h / max(self.steps, 1) for h in self.box.half_widths)
+        else:
+            self.step_size = symmetric_range(step_size, "step_size", 3)
+        if not isinstance(random_start, bool):
+            raise AdvSpatialError(f"random_start must be a bool, got {random_start!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise AdvSpatialError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
+        self.random_start = random_start
+        self.generator = generator
+
+    def search(
+        self, images: Tensor, labels: Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> SearchResult:
+        """Run the attack; returns the worst iterate per image."""
+        images, labels = self._check_inputs(images, labels)
+        images = images.detach()
+        batch, device = images.shape[0], images.device
+        if self.random_start:
+            params = self.box.sample((batch,), generator=generator or self.generator, device=device)
+        else:
+            params = torch.zeros(batch, 3, device=device)
+        step = torch.tensor(self.step_size, device=device)
+        best_params, best_loss = params.clone(), torch.full((batch,), -torch.inf, device=device)
+        best_correct = torch.ones(batch, dtype=torch.bool, device=device)
+        all_correct = torch.ones(batch, dtype=torch.bool, device=device)
+        rows = torch.arange(batch, device=device)
+        evaluations = 0 if labels is not None else batch
+        if batch == 0:
+            return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0)
+        with scoring_mode(self.model) as net:
+            targets = _targets(net, images, labels, self.config)
+            for iteration in range(self.steps + 1):
+                with torch.enable_grad():
+                    current = params.detach().requires_grad_(True)
+                    autocast = (
+                        torch.autocast(device_type=device.type, dtype=self.config.autocast)
+                        if self.config.autocast is not None
+                        else torch.autocast(device_type=device.type, enabled=False)
+                    )
+                    with autocast:
+                        logits = check_logits(
+                            net(_warp(images, current, "bilinear", self.config.padding)), batch
+                        )
+                    if labels is not None:
+                        check_label_range(labels, logits.shape[1])
+                    loss, correct = per_sample_objective(logits, targets, rows)
+                    gradient = None
+                    if iteration < self.steps:
+                        (gradient,) = torch.autograd.grad(loss.sum(), current)
+                evaluations += batch
+                loss, correct = loss.detach(), correct.detach()
+                better = self._better(loss, correct, best_loss, best_correct)
+                best_params = torch.where(better[:, None], current.detach(), best_params)
+                best_loss = torch.where(better, loss, best_loss)
+                best_correct = torch.where(better, correct, best_correct)
+                all_correct &= correct
+                if gradient is not None:
+                    params = self.box.project(current.detach() + step * gradient.sign())
+        return self._pgd_result(best_params, best_loss, all_correct, best_correct, evaluations)
+
+    def _better(self, loss: Tensor, correct: Tensor, best_loss: Tensor, best_correct: Tensor) -> Tensor:
+        higher = loss > best_loss
+        if self.selection == "max_loss":
+            return higher
+        newly_fooled = ~correct & best_correct
+        return newly_fooled | ((correct == best_correct) & higher)
+
+    def _pgd_result(
+        self, params: Tensor, loss: Tensor, correct: Tensor, chosen_correct: Tensor, evaluations: int
+    ) -> SearchResult:
+        return SearchResult(
+            params=params,
+            loss=loss,
+            correct=correct,
+            chosen_correct=chosen_correct,
+            candidate_losses=None,
+            candidate_correct=None,
+            evaluations=evaluations,
+            exhaustive_evaluations=evaluations,
+        )
+
+    def _extra_repr(self) -> dict[str, Any]:
+        return {"steps": self.steps, "step_size": self.step_size, "random_start": self.random_start}

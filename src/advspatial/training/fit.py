@@ -1,0 +1,63 @@
+"""A plain training loop, used by the demo and the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["fit"]
+
+BatchTransform = Callable[[Tensor, Tensor], Tensor]
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset[tuple[Tensor, Tensor]],
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    transform: BatchTransform | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``model`` with Adam and cross-entropy; ``transform(images, labels)`` maps each batch.
+
+    The transform runs on the batch right after the loader (the fast path of the library), e.g. a
+    :class:`advspatial.WorstOfK` for adversarial training.
+
+    Returns:
+        The mean training loss of each epoch.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    history = []
+    epoch_iter: range = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="train", unit="epoch", leave=False)
+    for _ in epoch_iter:
+        model.train()
+        total, seen = 0.0, 0
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            if transform is not None:
+                images = transform(images, labels)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
+        history.append(total / max(seen, 1))
+    model.eval()
+    return history
