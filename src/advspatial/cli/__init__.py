@@ -1,0 +1,1 @@
+"""The ``advspatial`` command line."""

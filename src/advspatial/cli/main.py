@@ -1,0 +1,31 @@
+"""Entry point of the ``advspatial`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from advspatial import __version__
+from advspatial.cli import demo
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="advspatial", description="Model-aware spatial robustness.")
+    parser.add_argument("--version", action="version", version=f"advspatial {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    demo.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
