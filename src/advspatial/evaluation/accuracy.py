@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ class AccuracyReport:
 
 def evaluate_accuracy(
     model: nn.Module,
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    dataset: Dataset[Any],
     search: SpatialSearch | None = None,
     *,
     batch_size: int = 256,

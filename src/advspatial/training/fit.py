@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ BatchTransform = Callable[[Tensor, Tensor], Tensor]
 
 def fit(
     model: nn.Module,
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    dataset: Dataset[Any],
     *,
     epochs: int = 10,
     batch_size: int = 64,
