@@ -15,4 +15,6 @@ def tiny_model(channels: int = 1, size: int = 12, seed: int = 0) -> nn.Module:
 
 def grid_search(model: nn.Module) -> GridSearchRotoTranslation:
     """A small deterministic grid (no identity) so the chosen params can be recomputed in the test."""
-    return GridSearchRotoTranslation(model, rotations=4, translations=2, max_rotation=40.0, max_translation=2.0)
+    return GridSearchRotoTranslation(
+        model, rotations=4, translations=2, max_rotation=40.0, max_translation=2.0
+    )

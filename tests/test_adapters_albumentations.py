@@ -8,9 +8,15 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from adapter_helpers import grid_search, tiny_model
 
-from advspatial import AdvSpatialError, roto_translate, roto_translate_boxes, roto_translate_masks, roto_translate_points
+from adapter_helpers import grid_search, tiny_model
+from advspatial import (
+    AdvSpatialError,
+    roto_translate,
+    roto_translate_boxes,
+    roto_translate_masks,
+    roto_translate_points,
+)
 from advspatial.adapters import SpatialSearchAlbumentations
 
 SIZE = 12
@@ -26,7 +32,8 @@ def _chosen(search: object, image: np.ndarray, label: int) -> torch.Tensor:
 def test_schema_keeps_the_search_object() -> None:
     search = grid_search(tiny_model())
     transform = SpatialSearchAlbumentations(search, label_key="y")
-    assert transform.search is search and transform.label_key == "y"
+    assert transform.search is search
+    assert transform.label_key == "y"
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
@@ -51,7 +58,8 @@ def test_image_mask_boxes_keypoints_follow_the_chosen_params(dtype: type) -> Non
     expected = roto_translate(floats, row)[0].permute(1, 2, 0)
     if dtype == np.uint8:
         expected = (expected * 255).round().clamp(0, 255).to(torch.uint8)
-    assert out["image"].dtype == dtype and out["image"].shape == image.shape
+    assert out["image"].dtype == dtype
+    assert out["image"].shape == image.shape
     assert np.array_equal(out["image"], expected.numpy())
     assert np.array_equal(out["mask"], roto_translate_masks(torch.from_numpy(mask)[None], row)[0].numpy())
     ref_boxes = roto_translate_boxes(torch.tensor([boxes], dtype=torch.float64), row.double(), (SIZE, SIZE))
@@ -93,12 +101,16 @@ def test_coco_and_yolo_boxes_match_pascal_voc() -> None:
     fmt = {"pascal_voc": voc, "coco": (2.0, 3.0, 6.0, 4.0), "yolo": (5 / SIZE, 5 / SIZE, 6 / SIZE, 4 / SIZE)}
     outs = {}
     for name, box in fmt.items():
-        pipe = A.Compose([SpatialSearchAlbumentations(search)], bbox_params=A.BboxParams(format=name, label_fields=[]))
+        pipe = A.Compose(
+            [SpatialSearchAlbumentations(search)], bbox_params=A.BboxParams(format=name, label_fields=[])
+        )
         outs[name] = np.asarray(pipe(image=image, bboxes=[box], label=1)["bboxes"])[0]
     x, y, w, h = outs["coco"]
     np.testing.assert_allclose([x, y, x + w, y + h], outs["pascal_voc"], atol=1e-4)
     cx, cy, w, h = outs["yolo"] * SIZE
-    np.testing.assert_allclose([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outs["pascal_voc"], atol=1e-3)
+    np.testing.assert_allclose(
+        [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outs["pascal_voc"], atol=1e-3
+    )
 
 
 def test_pickle_round_trip_of_a_pipeline() -> None:

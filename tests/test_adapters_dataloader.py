@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_helpers import grid_search, tiny_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from adapter_helpers import grid_search, tiny_model
 from advspatial import AdvSpatialError, WorstOfK, roto_translate
 from advspatial.adapters import SpatialSearchBatch, SpatialSearchCollate, SpatialSearchDataset
 from advspatial.adapters._workers import check_worker_model
@@ -27,7 +27,8 @@ def test_batch_form_equals_the_core_and_keeps_the_rest() -> None:
     extra = ["a"] * len(labels)
     out, out_labels, out_extra = SpatialSearchBatch(search)((images, labels, extra))
     rows = search.search(images, labels).params
-    assert torch.equal(out, roto_translate(images, rows)) and torch.equal(out_labels, labels)
+    assert torch.equal(out, roto_translate(images, rows))
+    assert torch.equal(out_labels, labels)
     assert out_extra is extra
     with pytest.raises(AdvSpatialError, match=r"expects a batch \(images, labels"):
         SpatialSearchBatch(search)(images)
@@ -55,7 +56,8 @@ def test_dataset_form_is_reproducible_across_worker_counts() -> None:
     for workers in (0, 2):
         loader = DataLoader(dataset, batch_size=3, num_workers=workers)
         runs[workers] = [_epoch_outputs(loader, dataset, epoch) for epoch in (0, 1)]
-    assert torch.equal(runs[0][0], runs[2][0]) and torch.equal(runs[0][1], runs[2][1])
+    assert torch.equal(runs[0][0], runs[2][0])
+    assert torch.equal(runs[0][1], runs[2][1])
     assert not torch.equal(runs[0][0], runs[0][1])  # new draws each epoch
     images = runs[0][0]
     assert len({tuple(x.flatten().tolist()) for x in images}) == len(images)
@@ -70,7 +72,10 @@ def test_collate_workers_draw_distinct_candidates() -> None:
     outputs = []
     for _ in range(2):
         loader = DataLoader(
-            data, batch_size=4, num_workers=2, collate_fn=SpatialSearchCollate(search),
+            data,
+            batch_size=4,
+            num_workers=2,
+            collate_fn=SpatialSearchCollate(search),
             generator=torch.Generator().manual_seed(1),
         )
         outputs.append([images for images, _ in loader])
@@ -120,7 +125,7 @@ def test_a_model_off_the_cpu_gets_a_clear_error_in_a_worker(monkeypatch: pytest.
     """Stands in for a CUDA model in a forked worker: no device is touched before the error."""
     model = tiny_model().to("meta")
     _fake_worker(monkeypatch)
-    with pytest.raises(AdvSpatialError, match="model is on meta.*batch form"):
+    with pytest.raises(AdvSpatialError, match=r"model is on meta.*batch form"):
         check_worker_model(grid_search(model), "SpatialSearchV2")
     transform = SpatialSearchV2(grid_search(model))
     with pytest.raises(AdvSpatialError, match="model is on meta"):
@@ -140,4 +145,6 @@ def test_bad_arguments() -> None:
     with pytest.raises(AdvSpatialError, match="epoch must be"):
         SpatialSearchDataset(_data(), grid_search(tiny_model())).set_epoch(-1)
     with pytest.raises(AdvSpatialError, match=r"must be an image tensor \(C, H, W\)"):
-        SpatialSearchDataset(TensorDataset(torch.rand(2, SIZE, SIZE), torch.zeros(2)), grid_search(tiny_model()))[0]
+        SpatialSearchDataset(
+            TensorDataset(torch.rand(2, SIZE, SIZE), torch.zeros(2)), grid_search(tiny_model())
+        )[0]

@@ -14,7 +14,9 @@ pytest.importorskip("sklearn", reason="the examples train on scikit-learn's bund
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["train_dataloader", "train_torchvision_v2", "train_albumentations", "train_kornia"])
+@pytest.mark.parametrize(
+    "name", ["train_dataloader", "train_torchvision_v2", "train_albumentations", "train_kornia"]
+)
 def test_example_trains(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLES))
     module = importlib.import_module(name)
@@ -22,5 +24,6 @@ def test_example_trains(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         losses = module.main(steps=20, batch_size=32, k=3)
     finally:
         sys.modules.pop(name, None)
-    assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 20
+    assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5

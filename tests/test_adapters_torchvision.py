@@ -6,12 +6,12 @@ import pickle
 
 import pytest
 import torch
-from adapter_helpers import grid_search, tiny_model
 from torchvision import tv_tensors
 from torchvision.datasets import FakeData, VisionDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from adapter_helpers import grid_search, tiny_model
 from advspatial import AdvSpatialError, WorstOfK, roto_translate, roto_translate_masks
 from advspatial.adapters import SpatialSearchV2
 
@@ -57,7 +57,9 @@ def test_single_sample_moves_every_target_with_the_chosen_params() -> None:
     ref_boxes = _affine(sample[1]["boxes"], row[0])
     torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), ref_boxes.as_subclass(torch.Tensor))
     ref_points = _affine(sample[1]["points"], row[0])
-    torch.testing.assert_close(target["points"].as_subclass(torch.Tensor), ref_points.as_subclass(torch.Tensor))
+    torch.testing.assert_close(
+        target["points"].as_subclass(torch.Tensor), ref_points.as_subclass(torch.Tensor)
+    )
     assert target["label"] == 3
 
 
@@ -83,14 +85,18 @@ def test_batch_equals_core_and_per_sample_search() -> None:
     rows = search.search(images, labels).params
     assert torch.equal(out, roto_translate(images, rows))
     assert torch.equal(out_labels, labels)
-    assert torch.equal(out_masks.as_subclass(torch.Tensor), roto_translate_masks(masks.as_subclass(torch.Tensor), rows))
+    assert torch.equal(
+        out_masks.as_subclass(torch.Tensor), roto_translate_masks(masks.as_subclass(torch.Tensor), rows)
+    )
     singles = torch.stack([SpatialSearchV2(search)(images[i], int(labels[i]))[0] for i in range(6)])
     assert torch.equal(singles, out)
 
 
 def test_uint8_and_pil_images_keep_their_type() -> None:
     search = grid_search(tiny_model())
-    image = torch.randint(0, 256, (1, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    image = torch.randint(
+        0, 256, (1, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(4)
+    )
     out, _ = SpatialSearchV2(search)(image, 2)
     floats = image.float()[None] / 255
     row = search.search(floats, torch.tensor([2])).params
@@ -123,7 +129,9 @@ def test_compose_dataset_and_pickle_with_fakedata() -> None:
     )
     data = _JointFakeData(pipeline)
     image, label = data[0]
-    assert isinstance(image, tv_tensors.Image) and image.shape == (3, SIZE, SIZE) and isinstance(label, int)
+    assert isinstance(image, tv_tensors.Image)
+    assert image.shape == (3, SIZE, SIZE)
+    assert isinstance(label, int)
     restored = pickle.loads(pickle.dumps(pipeline))
     pil, target = FakeData(size=1, image_size=(3, SIZE, SIZE), num_classes=5)[0]
     assert torch.equal(restored(pil, target)[0], pipeline(pil, target)[0])
@@ -153,7 +161,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
         transform(torch.rand(SIZE, SIZE, 3), 1)
     with pytest.raises(AdvSpatialError, match="does not support Video"):
         transform(image, {"label": 1, "video": tv_tensors.Video(torch.rand(2, 1, SIZE, SIZE))})
-    rotated = tv_tensors.BoundingBoxes(torch.tensor([[5.0, 5.0, 2.0, 2.0, 10.0]]), format="CXCYWHR", canvas_size=(SIZE, SIZE))
+    rotated = tv_tensors.BoundingBoxes(
+        torch.tensor([[5.0, 5.0, 2.0, 2.0, 10.0]]), format="CXCYWHR", canvas_size=(SIZE, SIZE)
+    )
     with pytest.raises(AdvSpatialError, match="rotated boxes"):
         transform(image, {"label": 1, "boxes": rotated})
     with pytest.raises(AdvSpatialError, match="labels must have shape"):

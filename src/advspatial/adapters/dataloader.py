@@ -119,9 +119,7 @@ class SpatialSearchCollate:
         [(3, 1, 8, 8), (3, 1, 8, 8)]
     """
 
-    def __init__(
-        self, search: SpatialSearch, collate_fn: Callable[[list[Any]], Any] | None = None
-    ) -> None:
+    def __init__(self, search: SpatialSearch, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
         self.search = check_search(search)
         if collate_fn is not None and not callable(collate_fn):
             raise AdvSpatialError(f"collate_fn must be callable or None, got {type(collate_fn).__name__}")
@@ -161,7 +159,8 @@ class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
         >>> from torch.utils.data import TensorDataset
         >>> from advspatial import WorstOfK
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-        >>> data = SpatialSearchDataset(TensorDataset(torch.rand(4, 1, 8, 8), torch.arange(4)), WorstOfK(model))
+        >>> plain = TensorDataset(torch.rand(4, 1, 8, 8), torch.arange(4))
+        >>> data = SpatialSearchDataset(plain, WorstOfK(model))
         >>> image, label = data[2]
         >>> image.shape, int(label), bool((data[2][0] == image).all())
         (torch.Size([1, 8, 8]), 2, True)

@@ -50,7 +50,7 @@ def kornia_matrices(params: Tensor, canvas_size: tuple[int, int]) -> Tensor:
     return out
 
 
-class SpatialSearchKornia(GeometricAugmentationBase2D):  # type: ignore[misc]
+class SpatialSearchKornia(GeometricAugmentationBase2D):
     """A kornia geometric augmentation that applies each image's worst roto-translation.
 
     The search runs when the image passes (``AugmentationSequential`` handles ``"input"`` first);

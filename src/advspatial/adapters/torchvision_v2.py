@@ -59,7 +59,7 @@ def _as_label_tensor(labels: Any, batch: int, batched: bool) -> Tensor:
     return tensor if tensor.ndim else tensor.reshape(1).expand(batch)
 
 
-class SpatialSearchV2(v2.Transform):
+class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
     """A ``transforms.v2`` transform that applies each image's worst roto-translation.
 
     On a single sample ``(image, label, ...)`` (image ``(C, H, W)``: tensor, ``tv_tensors.Image`` or
@@ -147,7 +147,9 @@ class SpatialSearchV2(v2.Transform):
         index = self._find_image(flat, raw_labels)
         image = flat[index]
         tensor = F.pil_to_tensor(image) if isinstance(image, PIL.Image.Image) else image.as_subclass(Tensor)
-        if tensor.ndim not in (3, 4) or (tensor.shape[-3] not in (1, 2, 3, 4) and tensor.shape[-1] in (1, 3, 4)):
+        if tensor.ndim not in (3, 4) or (
+            tensor.shape[-3] not in (1, 2, 3, 4) and tensor.shape[-1] in (1, 3, 4)
+        ):
             raise AdvSpatialError(
                 "SpatialSearchV2 expects images laid out (C, H, W) or (B, C, H, W) (channels first, "
                 f"as torchvision does), got shape {tuple(tensor.shape)}"
@@ -201,7 +203,8 @@ class SpatialSearchV2(v2.Transform):
             plain = target.as_subclass(Tensor)
             if batched and (plain.ndim < 2 or plain.shape[0] != batch):
                 raise AdvSpatialError(
-                    f"KeyPoints in a batch must have shape (B, ..., 2) with B = {batch}, got {tuple(plain.shape)}"
+                    f"KeyPoints in a batch must have shape (B, ..., 2) with B = {batch}, "
+                    f"got {tuple(plain.shape)}"
                 )
             rows = plain.reshape(batch, -1, 2)
             moved = roto_translate_points(rows, params.to(plain.device), size).reshape(plain.shape)
