@@ -1,0 +1,105 @@
+"""What every adapter shares: running a search safely inside DataLoader workers, and seeding it.
+
+A transform that runs inside a ``Dataset`` or a ``collate_fn`` with ``num_workers > 0`` runs in a worker
+process that holds its own copy of the model. That copy is only live if the weights are in shared
+memory (``model.share_memory()`` on a CPU model): the optimizer then updates the very storage the
+workers read. Anything else would score against stale weights, so :func:`check_worker_model` refuses.
+"""
+
+from __future__ import annotations
+
+import inspect
+from itertools import chain
+
+import torch
+from torch import Tensor
+from torch.utils.data import get_worker_info
+
+from advspatial.engine.model_state import model_device, unwrap_model
+from advspatial.errors import AdvSpatialError
+from advspatial.strategies.base import SpatialSearch
+from advspatial.strategies.result import SearchResult
+
+__all__ = ["check_search", "check_worker_model", "mix_seed", "run_search", "worker_generator"]
+
+_BATCH_FORM = (
+    "use the batch form on the training device instead: "
+    "`for images, labels in loader: images = search(images.to(device), labels.to(device))` "
+    "(advspatial.adapters.dataloader.SpatialSearchBatch), or num_workers=0"
+)
+
+
+def check_search(search: object, name: str = "search") -> SpatialSearch:
+    """Check that ``search`` is a strategy such as :class:`advspatial.WorstOfK`."""
+    if not isinstance(search, SpatialSearch):
+        raise AdvSpatialError(
+            f"{name} must be an advspatial.SpatialSearch (e.g. WorstOfK(model)), got {type(search).__name__}"
+        )
+    return search
+
+
+def check_worker_model(search: SpatialSearch, where: str) -> None:
+    """Refuse to score in a DataLoader worker unless the worker sees the model's current weights.
+
+    Outside a worker this does nothing. Inside one, the model must be on the CPU (CUDA cannot be used
+    in a forked worker) and every parameter and buffer must live in shared memory.
+    """
+    info = get_worker_info()
+    if info is None:
+        return
+    model = unwrap_model(search.model)
+    device = model_device(model)
+    if device is not None and device.type != "cpu":
+        raise AdvSpatialError(
+            f"{where} runs in DataLoader worker {info.id}, but the model is on {device}: a worker cannot "
+            f"score on that device (CUDA does not start in forked workers) and a copy of the model "
+            f"would be stale; {_BATCH_FORM}"
+        )
+    stale = [
+        name
+        for name, tensor in chain(model.named_parameters(), model.named_buffers())
+        if not tensor.is_shared()
+    ]
+    if stale:
+        raise AdvSpatialError(
+            f"{where} runs in DataLoader worker {info.id}, but the model's weights are not in shared memory "
+            f"(e.g. {stale[0]!r}), so the worker would score with a stale copy of the weights. Call "
+            f"model.share_memory() on the CPU model before creating the DataLoader, or {_BATCH_FORM}"
+        )
+
+
+def mix_seed(*values: int) -> int:
+    """Combine integers into one 63-bit seed (a splitmix-style hash; stable across runs)."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (int(value) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 31
+    return state & 0x7FFFFFFFFFFFFFFF
+
+
+def worker_generator(search: SpatialSearch, cache: dict[str, int]) -> None:
+    """Give the search's own generator a distinct stream in each DataLoader worker.
+
+    Workers receive copies of the generator in the same state and would all draw the same candidates.
+    In a worker, the generator is reseeded once from its initial seed and the worker's seed (which the
+    DataLoader derives from its base seed, so the stream is reproducible with a seeded loader).
+    ``cache`` remembers which worker seed was applied. A search without its own generator draws from
+    torch's global generator, which the DataLoader already seeds per worker.
+    """
+    info = get_worker_info()
+    generator = getattr(search, "generator", None)
+    if info is None or not isinstance(generator, torch.Generator) or cache.get("seed") == info.seed:
+        return
+    if "base" not in cache:
+        cache["base"] = generator.initial_seed()
+    generator.manual_seed(mix_seed(cache["base"], info.seed))
+    cache["seed"] = info.seed
+
+
+def run_search(
+    search: SpatialSearch, images: Tensor, labels: Tensor | None, generator: torch.Generator | None = None
+) -> SearchResult:
+    """``search.search(images, labels)``, with ``generator`` for the strategies that draw at random."""
+    if generator is not None and "generator" in inspect.signature(search.search).parameters:
+        return search.search(images, labels, generator=generator)  # type: ignore[call-arg]
+    return search.search(images, labels)

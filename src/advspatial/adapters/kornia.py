@@ -1,0 +1,174 @@
+"""kornia adapter: a geometric augmentation whose per-sample matrices come from the search.
+
+Needs ``kornia`` (``pip install 'advspatial[kornia]'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from kornia.augmentation import GeometricAugmentationBase2D
+from kornia.constants import Resample
+from kornia.geometry.transform import warp_affine
+from torch import Tensor
+
+from advspatial.adapters._workers import check_search, check_worker_model, worker_generator
+from advspatial.errors import AdvSpatialError, check_params
+from advspatial.geometry.matrices import forward_matrices
+from advspatial.geometry.warp import roto_translate_masks
+from advspatial.strategies.base import SpatialSearch
+
+__all__ = ["SpatialSearchKornia", "kornia_matrices"]
+
+_UNSET = object()
+
+
+def kornia_matrices(params: Tensor, canvas_size: tuple[int, int]) -> Tensor:
+    """``(B, 3, 3)`` matrices of ``(angle, tx, ty)`` rows in kornia's pixel convention.
+
+    kornia puts pixel centres at integers (corners ``(0, 0)`` and ``(W - 1, H - 1)``), the library at
+    half-integers; with ``p_kornia = p - 0.5`` the same roto-translation reads
+    ``K = S^-1 M S`` where ``M`` is :func:`advspatial.forward_matrices` and ``S`` shifts by ``0.5``.
+    ``kornia.geometry.transform.warp_affine(x, K[:, :2], (H, W))`` then equals
+    :func:`advspatial.roto_translate` (up to float rounding), and kornia's ``Boxes`` and ``Keypoints``
+    move with the image.
+
+    Example:
+        >>> (kornia_matrices(torch.tensor([[90.0, 0.0, 0.0]]), (4, 4))[0].round(decimals=4) + 0.0).tolist()
+        [[0.0, 1.0, 0.0], [-1.0, 0.0, 3.0], [0.0, 0.0, 1.0]]
+    """
+    forward = forward_matrices(params, canvas_size)
+    linear, shift = forward[:, :, :2], forward[:, :, 2]
+    half = torch.full((2,), 0.5, dtype=params.dtype, device=params.device)
+    out = torch.zeros(params.shape[0], 3, 3, dtype=params.dtype, device=params.device)
+    out[:, :2, :2] = linear
+    out[:, :2, 2] = linear @ half + shift - half
+    out[:, 2, 2] = 1.0
+    return out
+
+
+class SpatialSearchKornia(GeometricAugmentationBase2D):
+    """A kornia geometric augmentation that applies each image's worst roto-translation.
+
+    The search runs when the image passes (``AugmentationSequential`` handles ``"input"`` first);
+    the chosen rows are stored in the augmentation's params under ``"roto"`` and returned as
+    ``transform_matrix`` in kornia's convention (:func:`kornia_matrices`), so masks, boxes and
+    keypoints follow, ``inverse`` works, and ``seq(..., params=seq._params)`` replays the choice
+    without searching again. Labels are passed explicitly for each call::
+
+        with aug.labels(y):
+            out = seq(images, masks, boxes, keypoints)
+
+    (``aug.labels(None)`` scores against the model's own prediction).
+
+    Convention:
+        Rows ``(angle, tx, ty)``: degrees counter-clockwise on screen, then pixels right and down,
+        about the image centre. Images are warped with the search's kernel
+        (:func:`advspatial.roto_translate`), masks with :func:`advspatial.roto_translate_masks`
+        (nearest, ``mask_fill`` outside), boxes and keypoints by kornia with the matrix (kornia's
+        pixel-centre coordinates). ``inverse`` uses ``kornia.geometry.transform.warp_affine``.
+
+    Args:
+        search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model; the images
+            must be on the model's device).
+        mask_fill: value of mask pixels that come from outside the mask.
+
+    Example:
+        >>> import kornia.augmentation as K
+        >>> from advspatial import WorstOfK
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> aug = SpatialSearchKornia(WorstOfK(model, k=4))
+        >>> seq = K.AugmentationSequential(aug, data_keys=["input", "mask"])
+        >>> with aug.labels(torch.tensor([1, 2])):
+        ...     images, masks = seq(torch.rand(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
+        >>> images.shape, seq._params[0].data["roto"].shape
+        (torch.Size([2, 1, 8, 8]), torch.Size([2, 3]))
+    """
+
+    def __init__(self, search: SpatialSearch, *, mask_fill: float = 0.0) -> None:
+        super().__init__(p=1.0, same_on_batch=False, keepdim=False)
+        self.search = check_search(search)
+        if isinstance(mask_fill, bool) or not isinstance(mask_fill, int | float):
+            raise AdvSpatialError(f"mask_fill must be a number, got {mask_fill!r}")
+        self.mask_fill = mask_fill
+        self.flags = {"resample": Resample.BILINEAR, "align_corners": True}
+        self._labels: Any = _UNSET
+        self._worker_seed: dict[str, int] = {}
+
+    @contextmanager
+    def labels(self, labels: Tensor | None) -> Iterator[SpatialSearchKornia]:
+        """Use ``labels`` (``(B,)`` class indices, or ``None``) for the searches inside the block."""
+        previous, self._labels = self._labels, labels
+        try:
+            yield self
+        finally:
+            self._labels = previous
+
+    def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """Nothing is drawn up front: the search needs the pixels, see :meth:`compute_transformation`."""
+        return {}
+
+    def _choose(self, input: Tensor, params: dict[str, Tensor]) -> Tensor:
+        if "roto" in params:
+            return check_params(params["roto"], input.shape[0], "params['roto']")
+        if self._labels is _UNSET:
+            raise AdvSpatialError(
+                "SpatialSearchKornia needs the batch's labels: call it inside `with aug.labels(labels):` "
+                "(or `with aug.labels(None):` to score against the model's own prediction)"
+            )
+        check_worker_model(self.search, type(self).__name__)
+        worker_generator(self.search, self._worker_seed)
+        result = self.search.search(input, self._labels)
+        roto = result.params.detach().to(device=input.device).clone()
+        params["roto"] = roto
+        # A container call hands this method a copy of its params dict; record the choice in the dict
+        # the call committed (the container's ParamItem) too, so masks, boxes, replay and inverse see it.
+        committed = self._params
+        if isinstance(committed, dict) and committed is not params and "roto" not in committed:
+            committed["roto"] = roto
+        return roto
+
+    def compute_transformation(
+        self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]
+    ) -> Tensor:
+        """Search (once per params dict) and return kornia's ``(B, 3, 3)`` matrices of the choice."""
+        roto = self._choose(input, params)
+        return kornia_matrices(roto.to(input.dtype), (input.shape[-2], input.shape[-1]))
+
+    def apply_transform(
+        self,
+        input: Tensor,
+        params: dict[str, Tensor],
+        flags: dict[str, Any],
+        transform: Tensor | None = None,
+    ) -> Tensor:
+        """Warp images with the core kernel and the chosen rows."""
+        return self.search.apply(input, self._choose(input, params).to(input.dtype))
+
+    def apply_transform_mask(
+        self,
+        input: Tensor,
+        params: dict[str, Tensor],
+        flags: dict[str, Any],
+        transform: Tensor | None = None,
+    ) -> Tensor:
+        """Move masks by nearest neighbour with the chosen rows."""
+        roto = check_params(params.get("roto"), input.shape[0], "params['roto'] (run the image first)")
+        return roto_translate_masks(input, roto.to(torch.float64), fill=self.mask_fill)
+
+    def inverse_transform(
+        self,
+        input: Tensor,
+        flags: dict[str, Any],
+        transform: Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Warp back with the (inverted) matrix kornia hands over."""
+        if not isinstance(transform, Tensor):
+            raise AdvSpatialError(f"inverse needs the transform matrix, got {type(transform).__name__}")
+        mode = flags.get("resample", Resample.BILINEAR).name.lower()
+        matrix = transform.to(device=input.device, dtype=input.dtype)[:, :2, :3]
+        return warp_affine(input, matrix, (input.shape[-2], input.shape[-1]), mode=mode, align_corners=True)

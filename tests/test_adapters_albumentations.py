@@ -1,0 +1,137 @@
+"""albumentations adapter: exact images, masks by nearest, boxes and keypoints by geometry."""
+
+from __future__ import annotations
+
+import pickle
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from adapter_helpers import grid_search, tiny_model
+from advspatial import (
+    AdvSpatialError,
+    roto_translate,
+    roto_translate_boxes,
+    roto_translate_masks,
+    roto_translate_points,
+)
+from advspatial.adapters import SpatialSearchAlbumentations
+
+SIZE = 12
+
+
+def _chosen(search: object, image: np.ndarray, label: int) -> torch.Tensor:
+    floats = torch.from_numpy(image).float()
+    floats = floats / 255 if image.dtype == np.uint8 else floats
+    hwc = floats[..., None] if floats.ndim == 2 else floats
+    return search.search(hwc.permute(2, 0, 1)[None], torch.tensor([label])).params  # type: ignore[attr-defined]
+
+
+def test_schema_keeps_the_search_object() -> None:
+    search = grid_search(tiny_model())
+    transform = SpatialSearchAlbumentations(search, label_key="y")
+    assert transform.search is search
+    assert transform.label_key == "y"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_image_mask_boxes_keypoints_follow_the_chosen_params(dtype: type) -> None:
+    search = grid_search(tiny_model())
+    rng = np.random.default_rng(0)
+    image = rng.random((SIZE, SIZE, 1)).astype(np.float32)
+    image = (image * 255).astype(np.uint8) if dtype == np.uint8 else image
+    mask = rng.integers(0, 4, (SIZE, SIZE)).astype(np.uint8)
+    boxes = [(3.0, 3.0, 8.0, 9.0)]
+    points = [(4.0, 5.0), (7.0, 6.0)]
+    pipeline = A.Compose(
+        [SpatialSearchAlbumentations(search)],
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=[]),
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+    )
+    out = pipeline(image=image, mask=mask, bboxes=boxes, keypoints=points, label=2)
+    row = _chosen(search, image, 2)
+    assert not torch.equal(row, torch.zeros_like(row))
+    floats = torch.from_numpy(image).float().permute(2, 0, 1)[None]
+    floats = floats / 255 if dtype == np.uint8 else floats
+    expected = roto_translate(floats, row)[0].permute(1, 2, 0)
+    if dtype == np.uint8:
+        expected = (expected * 255).round().clamp(0, 255).to(torch.uint8)
+    assert out["image"].dtype == dtype
+    assert out["image"].shape == image.shape
+    assert np.array_equal(out["image"], expected.numpy())
+    assert np.array_equal(out["mask"], roto_translate_masks(torch.from_numpy(mask)[None], row)[0].numpy())
+    ref_boxes = roto_translate_boxes(torch.tensor([boxes], dtype=torch.float64), row.double(), (SIZE, SIZE))
+    np.testing.assert_allclose(np.asarray(out["bboxes"]), ref_boxes[0].numpy(), atol=1e-4)
+    centres = torch.tensor([points], dtype=torch.float64) + 0.5
+    ref_points = roto_translate_points(centres, row.double(), (SIZE, SIZE))[0] - 0.5
+    np.testing.assert_allclose(np.asarray(out["keypoints"]), ref_points.numpy(), atol=1e-4)
+    assert out["label"] == 2
+
+
+def test_geometry_agrees_with_albumentations_own_rotate() -> None:
+    """A 90 degree choice moves a lit pixel, its keypoint and its box exactly as ``A.Affine`` does."""
+    image = np.zeros((9, 11), np.float32)
+    image[2, 7] = 1.0
+    kwargs = {
+        "bbox_params": A.BboxParams(format="pascal_voc", label_fields=[]),
+        "keypoint_params": A.KeypointParams(format="xy", remove_invisible=False),
+    }
+    search = grid_search(tiny_model(size=1))
+    transform = SpatialSearchAlbumentations(search, label_key=None)
+    roto = torch.tensor([[90.0, 0.0, 0.0]])
+    ours = {
+        "image": transform.apply(image, roto),
+        "keypoints": transform.apply_to_keypoints(np.array([[7.0, 2.0, 0.0, 1.0]]), roto, shape=(9, 11)),
+        "bboxes": transform.apply_to_bboxes(np.array([[7 / 11, 2 / 9, 8 / 11, 3 / 9]]), roto, shape=(9, 11)),
+    }
+    theirs = A.Compose([A.Affine(rotate=(90, 90), p=1.0, interpolation=0, border_mode=0)], **kwargs)(
+        image=image, keypoints=[(7.0, 2.0)], bboxes=[(7.0, 2.0, 8.0, 3.0)]
+    )
+    assert np.array_equal(np.argwhere(ours["image"] > 0.5), np.argwhere(theirs["image"] > 0.5))
+    np.testing.assert_allclose(ours["keypoints"][0, :2], theirs["keypoints"][0], atol=1e-5)
+    np.testing.assert_allclose(ours["bboxes"][0] * [11, 9, 11, 9], theirs["bboxes"][0], atol=1e-4)
+
+
+def test_coco_and_yolo_boxes_match_pascal_voc() -> None:
+    search = grid_search(tiny_model(channels=3))
+    image = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+    voc = (2.0, 3.0, 8.0, 7.0)
+    fmt = {"pascal_voc": voc, "coco": (2.0, 3.0, 6.0, 4.0), "yolo": (5 / SIZE, 5 / SIZE, 6 / SIZE, 4 / SIZE)}
+    outs = {}
+    for name, box in fmt.items():
+        pipe = A.Compose(
+            [SpatialSearchAlbumentations(search)], bbox_params=A.BboxParams(format=name, label_fields=[])
+        )
+        outs[name] = np.asarray(pipe(image=image, bboxes=[box], label=1)["bboxes"])[0]
+    x, y, w, h = outs["coco"]
+    np.testing.assert_allclose([x, y, x + w, y + h], outs["pascal_voc"], atol=1e-4)
+    cx, cy, w, h = outs["yolo"] * SIZE
+    np.testing.assert_allclose(
+        [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outs["pascal_voc"], atol=1e-3
+    )
+
+
+def test_pickle_round_trip_of_a_pipeline() -> None:
+    pipeline = A.Compose([A.HorizontalFlip(p=0.0), SpatialSearchAlbumentations(grid_search(tiny_model()))])
+    image = np.random.default_rng(2).random((SIZE, SIZE)).astype(np.float32)
+    restored = pickle.loads(pickle.dumps(pipeline))
+    assert np.array_equal(restored(image=image, label=4)["image"], pipeline(image=image, label=4)["image"])
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    pipeline = A.Compose([SpatialSearchAlbumentations(grid_search(tiny_model()))])
+    image = np.zeros((SIZE, SIZE, 1), np.float32)
+    with pytest.raises(AdvSpatialError, match="call the pipeline with label="):
+        pipeline(image=image)
+    with pytest.raises(AdvSpatialError, match="channels first"):
+        A.Compose([SpatialSearchAlbumentations(grid_search(tiny_model()))])(
+            image=np.zeros((1, SIZE, SIZE), np.float32), label=1
+        )
+    with pytest.raises(AdvSpatialError, match="integer class index"):
+        pipeline(image=image, label="cat")
+    with pytest.raises(AdvSpatialError, match="uint8 or float32"):
+        pipeline(image=image.astype(np.float64), label=1)
+    with pytest.raises(AdvSpatialError, match="search must be"):
+        SpatialSearchAlbumentations(tiny_model())  # type: ignore[arg-type]
