@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,8 +19,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, rounds: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``rounds`` runs, CUDA-synchronised."""
+def best_seconds(fn: Callable[[], object], device: torch.device, rounds: int = 5, warmup: int = 1) -> float:
+    """Fastest wall time of ``fn`` over ``rounds`` runs, CUDA-synchronised (robust to a loaded machine)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -31,7 +30,7 @@ def median_seconds(fn: Callable[[], object], device: torch.device, rounds: int =
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def record(name: str, measured: str, value: str) -> None:

@@ -19,12 +19,21 @@ INTERPOLATIONS: tuple[str, ...] = ("bilinear", "nearest")
 PADDINGS: tuple[str, ...] = ("zeros", "border", "reflection")
 
 
+def _sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
+    """``F.affine_grid(theta, (N, 1, H, W), align_corners=False)`` by broadcasting (no batched matmul)."""
+    xs = torch.linspace(1.0 / width - 1.0, 1.0 - 1.0 / width, width, device=theta.device, dtype=theta.dtype)
+    ys = torch.linspace(1.0 / height - 1.0, 1.0 - 1.0 / height, height, device=theta.device, dtype=theta.dtype)
+    coefficients = theta[:, :, :, None, None]  # (N, 2, 3, 1, 1)
+    grid = coefficients[:, :, 0] * xs + coefficients[:, :, 1] * ys[:, None] + coefficients[:, :, 2]
+    return grid.permute(0, 2, 3, 1)  # (N, H, W, 2)
+
+
 def _warp(images: Tensor, params: Tensor, interpolation: str, padding: str) -> Tensor:
     """Unchecked warp of float ``(N, C, H, W)`` images by ``(N, 3)`` params (the hot path)."""
     height, width = images.shape[-2:]
     work_dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
     theta = sampling_matrices(params.to(device=images.device, dtype=work_dtype), (height, width))
-    grid = F.affine_grid(theta, [images.shape[0], 1, height, width], align_corners=False)
+    grid = _sampling_grid(theta, height, width)
     out = F.grid_sample(
         images.to(work_dtype), grid, mode=interpolation, padding_mode=padding, align_corners=False
     )
