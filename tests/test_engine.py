@@ -204,3 +204,28 @@ def test_ddp_wrapped_model_is_scored_through_module() -> None:
     process.start()
     process.join(120)
     assert env is not None and process.exitcode == 0
+
+
+class RecordsBatchSizes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.head = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_imagenet_size_grid_is_scored_in_bounded_chunks() -> None:
+    """256 ImageNet-size images x 775 candidates are never warped at once: chunks of ~48 MiB."""
+    from advspatial.engine import default_chunk_size
+
+    images = torch.rand(2, 3, 224, 224)
+    chunk = default_chunk_size(images)
+    assert 16 <= chunk <= 100  # 48 MiB of 3 x 224 x 224 float32 images is 83 of them
+    recorder = RecordsBatchSizes()
+    grid = GridSearchRotoTranslation(recorder, max_translation=24).candidates
+    scores = score_candidates(recorder, images, torch.zeros(2, dtype=torch.long), grid)
+    assert max(recorder.sizes) == chunk
+    assert sum(recorder.sizes) == scores.evaluations == 2 * 775
