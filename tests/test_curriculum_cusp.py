@@ -20,7 +20,9 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 def _batch(seed: int = 0, size: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(size, 1, 28, 28, generator=generator), torch.randint(0, 10, (size,), generator=generator)
+    return torch.rand(size, 1, 28, 28, generator=generator), torch.randint(
+        0, 10, (size,), generator=generator
+    )
 
 
 def test_output_is_a_rotation_in_range_plus_a_bounded_perturbation() -> None:
@@ -30,15 +32,20 @@ def test_output_is_a_rotation_in_range_plus_a_bounded_perturbation() -> None:
         cusp = CurriculumSpatial(model, generator=torch.Generator().manual_seed(stage))
         cusp.schedule.set_stage(stage)
         # the rotation is the first draw of the generator: replay it
-        params = RotoTranslationBox.of(theta, 0.0).sample((6,), generator=torch.Generator().manual_seed(stage))
-        assert bool((params[:, 0].abs() <= theta).all()) and bool((params[:, 1:] == 0).all())
+        params = RotoTranslationBox.of(theta, 0.0).sample(
+            (6,), generator=torch.Generator().manual_seed(stage)
+        )
+        assert bool((params[:, 0].abs() <= theta).all())
+        assert bool((params[:, 1:] == 0).all())
         rotated, adversarial = cusp.pair(images, labels)
         torch.testing.assert_close(rotated, roto_translate(images, params))
         delta = adversarial - rotated
         assert float(delta.abs().max()) <= eps + 1e-6
         assert float(delta.abs().max()) >= 0.99 * eps  # the budget is used
-        assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
-        assert adversarial.shape == images.shape and adversarial.dtype == images.dtype
+        assert float(adversarial.min()) >= 0.0
+        assert float(adversarial.max()) <= 1.0
+        assert adversarial.shape == images.shape
+        assert adversarial.dtype == images.dtype
         assert not adversarial.requires_grad
 
 
@@ -195,7 +202,7 @@ def test_bad_configuration_is_rejected(kwargs: dict[str, object], match: str) ->
 
 def test_bad_inputs_are_rejected_and_empty_batch_works() -> None:
     cusp = CurriculumSpatial(_model())
-    with pytest.raises(AdvSpatialError, match="labels must be a torch.Tensor"):
+    with pytest.raises(AdvSpatialError, match=r"labels must be a torch\.Tensor"):
         cusp(torch.rand(2, 1, 28, 28), None)  # type: ignore[arg-type]
     with pytest.raises(AdvSpatialError, match="images must be a floating point tensor"):
         cusp(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1]))

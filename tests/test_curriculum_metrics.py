@@ -34,7 +34,9 @@ def test_pgd_accuracy_decreases_with_more_steps(trained: tuple[torch.nn.Module, 
     model, test = trained
     natural = evaluate_accuracy(model, test).accuracy
     accuracies = [
-        pgd_accuracy(model, test, eps=0.05, steps=steps, step_size=0.01, generator=torch.Generator().manual_seed(0))
+        pgd_accuracy(
+            model, test, eps=0.05, steps=steps, step_size=0.01, generator=torch.Generator().manual_seed(0)
+        )
         for steps in (0, 1, 3, 10)
     ]
     assert natural > 0.8
@@ -42,11 +44,14 @@ def test_pgd_accuracy_decreases_with_more_steps(trained: tuple[torch.nn.Module, 
     assert accuracies[-1] < accuracies[1] < natural, accuracies
 
 
-def test_pgd_accuracy_decreases_with_eps_and_eps_zero_is_natural(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]
+def test_pgd_accuracy_decreases_with_eps_and_eps_zero_is_natural(
+    trained: tuple[torch.nn.Module, Subset],
+) -> None:  # type: ignore[type-arg]
     model, test = trained
     profile = robustness_profile(model, test, [0.0, 2 / 255, 8 / 255, 32 / 255], target="labels")
     natural = evaluate_accuracy(model, test).accuracy
-    assert profile.agreement[0] == 1.0 and profile.accuracy[0] == pytest.approx(natural)
+    assert profile.agreement[0] == 1.0
+    assert profile.accuracy[0] == pytest.approx(natural)
     assert list(profile.accuracy) == sorted(profile.accuracy, reverse=True), profile
     assert profile.accuracy[-1] < natural
     at_eight = pgd_accuracy(model, test, eps=8 / 255, generator=None)
@@ -57,26 +62,37 @@ def test_rotation_metrics_match_a_brute_force_loop(trained: tuple[torch.nn.Modul
     model, test = trained
     images = torch.stack([test[i][0] for i in range(len(test))])
     labels = torch.stack([test[i][1] for i in range(len(test))])
-    profile = invariance_profile(model, test, [0, 45, 180], generator=torch.Generator().manual_seed(3), batch_size=64)
+    profile = invariance_profile(
+        model, test, [0, 45, 180], generator=torch.Generator().manual_seed(3), batch_size=64
+    )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         clean = model.eval()(images).argmax(1)
         for theta, agreement, accuracy in profile.rows():
             params = torch.cat(
-                [RotoTranslationBox.of(theta, 0).sample((len(chunk),), generator=generator) for chunk in labels.split(64)]
+                [
+                    RotoTranslationBox.of(theta, 0).sample((len(chunk),), generator=generator)
+                    for chunk in labels.split(64)
+                ]
             )
             predicted = model(roto_translate(images, params)).argmax(1)
             assert agreement == pytest.approx(float((predicted == clean).float().mean()))
             assert accuracy == pytest.approx(float((predicted == labels).float().mean()))
     assert profile.agreement[0] == 1.0
     assert profile.agreement[2] < profile.agreement[1] < 1.0  # a standard model is not rotation invariant
-    spatial = rotation_accuracy(model, test, max_rotation=180, generator=torch.Generator().manual_seed(3), batch_size=64)
+    spatial = rotation_accuracy(
+        model, test, max_rotation=180, generator=torch.Generator().manual_seed(3), batch_size=64
+    )
     generator = torch.Generator().manual_seed(3)
-    params = torch.cat([RotoTranslationBox.of(180, 0).sample((len(c),), generator=generator) for c in labels.split(64)])
+    params = torch.cat(
+        [RotoTranslationBox.of(180, 0).sample((len(c),), generator=generator) for c in labels.split(64)]
+    )
     with torch.no_grad():
         expected = (model(roto_translate(images, params)).argmax(1) == labels).float().mean()
     assert spatial == pytest.approx(float(expected))
-    assert rotation_accuracy(model, test, max_rotation=0.0) == pytest.approx(evaluate_accuracy(model, test).accuracy)
+    assert rotation_accuracy(model, test, max_rotation=0.0) == pytest.approx(
+        evaluate_accuracy(model, test).accuracy
+    )
 
 
 def test_metrics_leave_the_model_untouched(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]

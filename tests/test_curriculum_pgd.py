@@ -26,9 +26,12 @@ def test_perturbation_stays_in_the_ball_and_the_pixel_range(seed: int, eps: floa
     images[:, :, -5:] = 1.0
     labels = torch.randint(0, 10, (6,), generator=generator)
     adv = linf_pgd(model, images, labels, eps=eps, steps=5, step_size=eps / 2, generator=generator)
-    assert adv.shape == images.shape and adv.dtype == images.dtype and not adv.requires_grad
+    assert adv.shape == images.shape
+    assert adv.dtype == images.dtype
+    assert not adv.requires_grad
     assert float((adv - images).abs().max()) <= eps + 1e-6
-    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert float(adv.min()) >= 0.0
+    assert float(adv.max()) <= 1.0
     # sign steps of eps / 2 from a random start reach the boundary of the ball somewhere
     assert float((adv - images).abs().max()) >= eps * 0.99
 

@@ -38,7 +38,9 @@ def _multistep_run(milestones: list[int], epochs: int, mode: str) -> tuple[list[
     """Plain loop with a MultiStepLR: the lr and the stage seen at the start of every epoch."""
     optimizer = _optimizer()
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    schedule = CurriculumSchedule(ROTATIONS, EPSILONS, milestones=milestones if mode == "milestones" else None)
+    schedule = CurriculumSchedule(
+        ROTATIONS, EPSILONS, milestones=milestones if mode == "milestones" else None
+    )
     if mode == "scheduler":
         schedule.follow(scheduler)
     elif mode == "optimizer":
@@ -74,13 +76,15 @@ def test_watch_ignores_rises_and_steady_rates() -> None:
         schedule.update()
         stages.append(schedule.stage)
     assert stages == [0, 0, 0, 0, 1, 1, 1, 2]
-    assert schedule.rotation == 180.0 and schedule.epsilon == 8 / 255
+    assert schedule.rotation == 180.0
+    assert schedule.epsilon == 8 / 255
 
 
 def test_explicit_stepping_and_set_stage() -> None:
     schedule = CurriculumSchedule(ROTATIONS, EPSILONS)
     assert schedule.mode == "explicit"
-    assert schedule.update(7) is False and schedule.stage == 0
+    assert schedule.update(7) is False
+    assert schedule.stage == 0
     schedule.step()
     assert (schedule.rotation, schedule.epsilon) == (150.0, 4 / 255)
     schedule.set_stage(10)
@@ -95,11 +99,13 @@ def test_state_dict_round_trip_restores_stage_and_lr_memory() -> None:
     state = schedule.state_dict()
     restored = CurriculumSchedule(ROTATIONS, EPSILONS)
     restored.load_state_dict(state)
-    assert restored.stage == 1 and restored.last_lr == pytest.approx(0.01)
+    assert restored.stage == 1
+    assert restored.last_lr == pytest.approx(0.01)
     # a restored schedule keeps watching the same rate: the next drop advances it once
     restored._optimizer = optimizer
     optimizer.param_groups[0]["lr"] = 0.001
-    assert restored.update() is True and restored.stage == 2
+    assert restored.update() is True
+    assert restored.stage == 2
 
 
 def test_state_dict_of_another_configuration_is_refused() -> None:
