@@ -30,6 +30,7 @@ def trained() -> tuple[torch.nn.Module, Subset[tuple[torch.Tensor, torch.Tensor]
     return model, Subset(test, range(160))
 
 
+@pytest.mark.slow
 def test_pgd_accuracy_decreases_with_more_steps(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]
     model, test = trained
     natural = evaluate_accuracy(model, test).accuracy
@@ -44,11 +45,12 @@ def test_pgd_accuracy_decreases_with_more_steps(trained: tuple[torch.nn.Module, 
     assert accuracies[-1] < accuracies[1] < natural, accuracies
 
 
+@pytest.mark.slow
 def test_pgd_accuracy_decreases_with_eps_and_eps_zero_is_natural(
     trained: tuple[torch.nn.Module, Subset],
 ) -> None:  # type: ignore[type-arg]
     model, test = trained
-    profile = robustness_profile(model, test, [0.0, 2 / 255, 8 / 255, 32 / 255], target="labels")
+    profile = robustness_profile(model, test, [0.0, 2 / 255, 8 / 255, 32 / 255], steps=5, target="labels")
     natural = evaluate_accuracy(model, test).accuracy
     assert profile.agreement[0] == 1.0
     assert profile.accuracy[0] == pytest.approx(natural)
@@ -58,6 +60,7 @@ def test_pgd_accuracy_decreases_with_eps_and_eps_zero_is_natural(
     assert 0.0 <= at_eight <= natural
 
 
+@pytest.mark.slow
 def test_rotation_metrics_match_a_brute_force_loop(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]
     model, test = trained
     images = torch.stack([test[i][0] for i in range(len(test))])
@@ -95,6 +98,7 @@ def test_rotation_metrics_match_a_brute_force_loop(trained: tuple[torch.nn.Modul
     )
 
 
+@pytest.mark.slow
 def test_metrics_leave_the_model_untouched(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]
     model, test = trained
     model.train()
