@@ -59,7 +59,8 @@ class CurriculumSpatial:
             alternatively call :meth:`watch` or :meth:`follow`.
         generator: generator of every random draw (rotations and PGD start); saved in
             :meth:`state_dict`. ``None`` uses torch's global generator.
-        interpolation, padding: of the rotation.
+        interpolation: of the rotation, ``"bilinear"`` or ``"nearest"``.
+        padding: of the rotation, ``"zeros"``, ``"border"`` or ``"reflection"``.
 
     Shape:
         images ``(B, C, H, W)`` float, labels ``(B,)`` integer; output ``(B, C, H, W)``, detached.

@@ -37,7 +37,7 @@ class CurriculumCallback(Callback):
     Example:
         >>> from advspatial.curriculum import CurriculumSchedule
         >>> callback = CurriculumCallback(CurriculumSchedule(milestones=[5, 8]))
-        >>> callback.state_dict()["schedule"]["stage"]
+        >>> callback.state_dict()["schedule"].get("stage")
         0
     """
 

@@ -33,7 +33,8 @@ def curriculum_stage(
         epsilons: l-infinity bounds in pixel units, one per stage.
 
     Example:
-        >>> [curriculum_stage(s, (120, 150, 180), (2 / 255, 4 / 255, 8 / 255))[0] for s in range(5)]
+        >>> thetas = [curriculum_stage(s, (120, 150, 180), (2 / 255, 4 / 255, 8 / 255))[0] for s in range(5)]
+        >>> thetas
         [120.0, 150.0, 180.0, 180.0, 180.0]
     """
     positive_int(stage, "stage", minimum=0)
@@ -49,7 +50,8 @@ def stage_at_epoch(epoch: int, milestones: Sequence[int]) -> int:
     each milestone ``m``, so the stage of epoch ``e`` counts the milestones ``m <= e``.
 
     Example:
-        >>> [stage_at_epoch(e, [3, 5]) for e in range(7)]
+        >>> stages = [stage_at_epoch(e, [3, 5]) for e in range(7)]
+        >>> stages
         [0, 0, 0, 1, 1, 2, 2]
     """
     positive_int(epoch, "epoch", minimum=0)

@@ -136,8 +136,12 @@ def pgd_accuracy(
     Args:
         model: classifier (its state is left unchanged).
         dataset: ``(image, label)`` pairs, images in the range ``clip``.
-        eps, steps, step_size, random_start, clip, generator: see
-            :func:`advspatial.curriculum.linf_pgd` (``step_size=None`` is ``2.5 * eps / steps``).
+        eps: l-infinity bound, in pixel units.
+        steps: PGD steps.
+        step_size: PGD step; ``None`` is ``2.5 * eps / steps``.
+        random_start: start from a uniform draw in the eps-ball.
+        clip: pixel range, or ``None``.
+        generator: generator of the random start.
         batch_size: images per attack batch.
 
     Example:
