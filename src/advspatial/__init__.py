@@ -8,6 +8,7 @@ Convention (everywhere): a transform is a row ``(angle, tx, ty)``: rotation abou
 ``ty`` pixels down; bilinear interpolation and zero fill by default.
 """
 
+from advspatial.curriculum import CurriculumSchedule, CurriculumSpatial
 from advspatial.engine import ScoringConfig, score_candidates
 from advspatial.errors import AdvSpatialError
 from advspatial.geometry import (
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdvSpatialError",
+    "CurriculumSchedule",
+    "CurriculumSpatial",
     "GridSearchRotoTranslation",
     "RotoTranslationBox",
     "ScoringConfig",

@@ -1,0 +1,168 @@
+"""The l-infinity PGD attack in pixel space, and the TRADES loss (Madry et al. 2018, Zhang et al. 2019)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advspatial.engine.model_state import check_model, check_same_device, scoring_mode
+from advspatial.errors import (
+    AdvSpatialError,
+    check_images,
+    check_label_range,
+    check_labels,
+    check_logits,
+    choice,
+    positive_int,
+)
+
+__all__ = ["OBJECTIVES", "check_clip", "check_epsilon", "linf_pgd", "trades_loss"]
+
+OBJECTIVES: tuple[str, ...] = ("ce", "kl")
+
+
+def check_epsilon(value: object, name: str = "eps") -> float:
+    """Check that ``value`` is a finite number ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise AdvSpatialError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_clip(clip: object) -> tuple[float, float] | None:
+    """Check that ``clip`` is ``None`` or a pixel range ``(low, high)`` with ``low < high``."""
+    if clip is None:
+        return None
+    if (
+        not isinstance(clip, tuple | list)
+        or len(clip) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in clip)
+        or not clip[0] < clip[1]
+    ):
+        raise AdvSpatialError(f"clip must be None or a pixel range (low, high) with low < high, got {clip!r}")
+    return float(clip[0]), float(clip[1])
+
+
+def linf_pgd(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    objective: str = "ce",
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Projected sign-gradient ascent in pixel space: the l-infinity PGD attack of Madry et al. 2018.
+
+    ``x' <- clip(proj_eps(x' + step_size * sign(grad_x' loss)))``, from a uniform random start in
+    the eps-ball (or from ``x``); the last iterate is returned. The model runs in eval mode (its
+    training flags are restored afterwards); weights, buffers and parameter ``.grad`` are untouched
+    (the gradient is taken with respect to the images only).
+
+    Args:
+        model: classifier returning ``(B, num_classes)`` logits.
+        images: ``(B, C, H, W)`` float images on the model's device.
+        labels: ``(B,)`` class indices; ``None`` attacks the model's clean predictions.
+        eps: l-infinity bound, in the units of the pixels (``8 / 255`` for images in ``[0, 1]``).
+        steps: number of gradient steps.
+        step_size: size of each step; ``None`` uses ``2.5 * eps / steps`` (``2 / 255`` for
+            ``eps = 8 / 255`` and 10 steps).
+        random_start: start from a uniform draw in the eps-ball.
+        objective: ``"ce"`` (cross-entropy against the labels) or ``"kl"``
+            (``KL(p(x) || p(x'))``, the TRADES attack; labels are not used).
+        clip: pixel range the result is clamped to, or ``None``.
+        generator: generator of the random start (its device is used for the draw).
+
+    Returns:
+        The adversarial images ``x'`` (detached), same shape, dtype and device, with
+        ``|x' - x| <= eps`` elementwise.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+        >>> adv = linf_pgd(model, images, labels, eps=8 / 255, generator=torch.Generator().manual_seed(0))
+        >>> bool((adv - images).abs().max() <= 8 / 255 + 1e-6), bool(adv.min() >= 0), bool(adv.max() <= 1)
+        (True, True, True)
+    """
+    check_model(model)
+    images = check_images(images)
+    check_same_device(model, images)
+    eps = check_epsilon(eps)
+    steps = positive_int(steps, "steps", minimum=0)
+    step = 2.5 * eps / max(steps, 1) if step_size is None else check_epsilon(step_size, "step_size")
+    objective = choice(objective, "objective", OBJECTIVES)
+    bounds = check_clip(clip)
+    if not isinstance(random_start, bool):
+        raise AdvSpatialError(f"random_start must be a bool, got {random_start!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise AdvSpatialError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    batch = images.shape[0]
+    if labels is not None:
+        labels = check_labels(labels, batch, images.device)
+    with torch.inference_mode(False):
+        clean = images.detach().clone()
+    if batch == 0 or eps == 0.0:
+        return clean if bounds is None else clean.clamp(*bounds)
+    with scoring_mode(model) as net, torch.inference_mode(False):
+        adv = clean.clone()
+        if random_start:
+            draw_device = generator.device if generator is not None else images.device
+            noise = torch.rand(images.shape, generator=generator, device=draw_device, dtype=images.dtype)
+            adv = adv + (noise.to(images.device) * 2.0 - 1.0) * eps
+        adv = _project(adv, clean, eps, bounds)
+        if steps == 0:
+            return adv
+        with torch.no_grad():
+            logits = check_logits(net(clean), batch).float()
+        if labels is not None:
+            check_label_range(labels, logits.shape[1])
+        targets = logits.argmax(dim=1) if labels is None else labels.clone()
+        reference = F.log_softmax(logits, dim=1)
+        for _ in range(steps):
+            with torch.enable_grad():
+                current = adv.detach().requires_grad_(True)
+                out = check_logits(net(current), batch).float()
+                if objective == "ce":
+                    loss = F.cross_entropy(out, targets, reduction="sum")
+                else:
+                    loss = F.kl_div(F.log_softmax(out, dim=1), reference, log_target=True, reduction="sum")
+                (gradient,) = torch.autograd.grad(loss, current)
+            adv = _project(current.detach() + step * gradient.sign(), clean, eps, bounds)
+    return adv
+
+
+def _project(adv: Tensor, clean: Tensor, eps: float, bounds: tuple[float, float] | None) -> Tensor:
+    """Clamp into the eps-ball around ``clean``, then into the pixel range."""
+    adv = torch.minimum(torch.maximum(adv, clean - eps), clean + eps)
+    return adv if bounds is None else adv.clamp(*bounds)
+
+
+def trades_loss(
+    natural_logits: Tensor, adversarial_logits: Tensor, labels: Tensor, beta: float = 6.0
+) -> Tensor:
+    """TRADES objective: ``CE(f(x), y) + beta * KL(p(x) || p(x'))``, batch means (Zhang et al. 2019).
+
+    Pair it with the ``"kl"`` attack (``CurriculumSpatial(..., adversarial="trades")``); ``x`` is the
+    natural (here: rotated) image and ``x'`` its adversarial version.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> float(trades_loss(logits, logits, torch.tensor([0, 1]))) == float(
+        ...     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+        ... )
+        True
+    """
+    natural = F.cross_entropy(natural_logits, labels)
+    robust = F.kl_div(
+        F.log_softmax(adversarial_logits, dim=1),
+        F.log_softmax(natural_logits, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return natural + beta * robust
