@@ -106,7 +106,9 @@ def rotation_profile(
     candidates = torch.stack([grid, torch.zeros_like(grid), torch.zeros_like(grid)], dim=1)
     device = model_device(model) or torch.device("cpu")
     start = time.perf_counter()
-    correct, consistent, evaluations = [], [], 0
+    correct: list[Tensor] = []
+    consistent: list[Tensor] = []
+    evaluations = 0
     for batch in _iterate(loader, progress, "rotation profile"):
         images, labels = _batch_pair(batch, device)
         for targets, store in ((labels, correct), (None, consistent)):

@@ -302,18 +302,37 @@ def robustness_sweep(
         ['first_order', 'grid', 'natural', 'random', 'worst_of_10']
     """
     positive_int(seed, "seed", minimum=0)
-    space = {"max_rotation": max_rotation, "max_translation": max_translation}
+    rot, shift = max_rotation, max_translation
     results = [
         natural_accuracy(model, loader, progress=progress),
         random_accuracy(
-            model, loader, generator=torch.Generator().manual_seed(seed), progress=progress, **space
+            model,
+            loader,
+            max_rotation=rot,
+            max_translation=shift,
+            generator=torch.Generator().manual_seed(seed),
+            progress=progress,
         ),
         worst_of_k_accuracy(
-            model, loader, k=k, generator=torch.Generator().manual_seed(seed + 1), progress=progress, **space
+            model,
+            loader,
+            k=k,
+            max_rotation=rot,
+            max_translation=shift,
+            generator=torch.Generator().manual_seed(seed + 1),
+            progress=progress,
         ),
         grid_accuracy(
-            model, loader, rotations=rotations, translations=translations, progress=progress, **space
+            model,
+            loader,
+            rotations=rotations,
+            translations=translations,
+            max_rotation=rot,
+            max_translation=shift,
+            progress=progress,
         ),
-        first_order_accuracy(model, loader, steps=pgd_steps, progress=progress, **space),
+        first_order_accuracy(
+            model, loader, steps=pgd_steps, max_rotation=rot, max_translation=shift, progress=progress
+        ),
     ]
     return {result.name: result for result in results}
