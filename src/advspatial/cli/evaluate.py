@@ -56,7 +56,8 @@ def load_factory_model(spec: str) -> nn.Module:
     model = factory()
     if not isinstance(model, nn.Module):
         raise AdvSpatialError(
-            f"--model: factory {spec} returned an object of type {type(model).__name__}, expected a torch.nn.Module"
+            f"--model: factory {spec} returned an object of type {type(model).__name__}, "
+            "expected a torch.nn.Module"
         )
     return model
 
