@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from advspatial.cli.evaluate import _count, _device
 from advspatial.evaluation.throughput import SearchCost, measure_search_cost
 from advspatial.models import SmallCNN, resnet18_cifar
 from advspatial.strategies import GridSearchRotoTranslation, WorstOfK
@@ -81,7 +82,7 @@ def format_costs(rows: list[tuple[BenchmarkCase, SearchCost]]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     start = time.perf_counter()
     rows = run_benchmark(cases(args.quick), device, rounds=1 if args.quick else args.rounds)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -98,6 +99,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register ``advspatial benchmark``."""
     parser = subparsers.add_parser("benchmark", help="time each search against its bare forward passes")
     parser.add_argument("--quick", action="store_true", help="small batches, one round: a smoke test")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per case (default 3)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--rounds", type=_count(1), default=3, help="timed rounds per case (default 3)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.set_defaults(handler=_main)

@@ -169,6 +169,21 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return dataset, info
 
 
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -268,19 +283,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     data.add_argument("--dataset", help="torchvision dataset class already on disk, e.g. MNIST, CIFAR10")
     parser.add_argument("--root", default=".", help="root folder of --dataset (default .)")
     parser.add_argument("--split", default="test", choices=["train", "test"], help="split of --dataset")
-    parser.add_argument("--resize", type=int, help="resize images to N x N")
+    parser.add_argument("--resize", type=_count(1), help="resize images to N x N")
     parser.add_argument("--grayscale", action="store_true", help="convert images to one channel")
-    parser.add_argument("--limit", type=int, help="evaluate the first N images only")
+    parser.add_argument("--limit", type=_count(1), help="evaluate the first N images only")
     parser.add_argument("--max-rotation", type=float, default=30.0, help="degrees (default 30)")
     parser.add_argument("--max-translation", type=float, default=3.0, help="pixels (default 3)")
-    parser.add_argument("--k", type=int, default=10, help="candidates of worst-of-k (default 10)")
-    parser.add_argument("--grid-rotations", type=int, default=31, help="grid angles (default 31)")
-    parser.add_argument("--grid-translations", type=int, default=5, help="grid offsets per axis (default 5)")
+    parser.add_argument("--k", type=_count(1), default=10, help="candidates of worst-of-k (default 10)")
+    parser.add_argument("--grid-rotations", type=_count(1), default=31, help="grid angles (default 31)")
     parser.add_argument(
-        "--pgd-steps", type=int, default=5, help="steps of the first-order attack (default 5)"
+        "--grid-translations", type=_count(1), default=5, help="grid offsets per axis (default 5)"
     )
-    parser.add_argument("--landscape-images", type=int, default=3, help="images in landscape.png (default 3)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--pgd-steps", type=_count(0), default=5, help="steps of the first-order attack (default 5)"
+    )
+    parser.add_argument(
+        "--landscape-images", type=_count(0), default=3, help="images in landscape.png (default 3)"
+    )
+    parser.add_argument("--batch-size", type=_count(1), default=128)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="advspatial-report", help="folder for report.json and the plots")
