@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # This checkout's sources first, also when a relative PYTHONPATH would not resolve from ``cwd``.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+    }
     return subprocess.run(
         [sys.executable, "-m", "advspatial.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+        cwd=cwd,
+        env=env,
     )
 
 
 def test_version_and_help() -> None:
     assert run("--version").stdout.startswith("advspatial ")
     result = run("--help")
-    assert result.returncode == 0 and "demo" in result.stdout
+    assert result.returncode == 0
+    for command in ("demo", "evaluate", "benchmark"):
+        assert command in result.stdout
 
 
 def test_unknown_command_fails() -> None:
@@ -30,8 +44,8 @@ def test_unknown_command_fails() -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_prints_the_table() -> None:
-    result = run("demo", "--quick", "--no-progress")
+def test_quick_demo_prints_the_table_and_writes_the_plots(tmp_path: Path) -> None:
+    result = run("demo", "--quick", "--no-progress", "--output", "plots", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [
         line
@@ -41,5 +55,18 @@ def test_quick_demo_prints_the_table() -> None:
     assert len(lines) == 2
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        natural, worst, grid = (float(c) for c in cells[1:4])
-        assert 0.0 <= grid <= worst <= 100.0 and 0.0 <= natural <= 100.0
+        natural, random, worst, grid = (float(c) for c in cells[1:5])
+        assert 0.0 <= grid <= worst <= 100.0 and 0.0 <= natural <= 100.0 and 0.0 <= random <= 100.0
+        used, exhaustive = (int(n) for n in cells[6].split(" of "))
+        assert exhaustive == 120 * 775 and 0 < used <= exhaustive
+    standard_natural = float(lines[0].split("|")[2])
+    assert standard_natural > 50.0, "4 epochs should give a working digits classifier"
+    sizes = {
+        "accuracy.png": (800, 400),
+        "rotation_profile.png": (960, 400),
+        "landscape_standard.png": (900, 900),
+        "landscape_worst_of_10.png": (900, 900),
+    }
+    for name, size in sizes.items():
+        with Image.open(tmp_path / "plots" / name) as image:
+            assert image.format == "PNG" and image.size == size

@@ -1,21 +1,67 @@
-"""``advspatial demo``: train on the bundled digits and measure spatial robustness, offline."""
+"""``advspatial demo``: train on the bundled digits and measure spatial robustness, offline.
+
+The models trained are a list of :class:`TrainingRecipe`; adding a row to the table (say worst-of-10
+plus an invariance regularizer) is one more recipe appended to :data:`RECIPES`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from advspatial.data import load_digits_28
-from advspatial.evaluation import evaluate_accuracy
+from advspatial.evaluation.landscape import loss_landscape
+from advspatial.evaluation.plots import plot_accuracies, plot_rotation_profiles
+from advspatial.evaluation.rotation_profile import RotationProfile, rotation_profile
+from advspatial.evaluation.sweeps import (
+    grid_accuracy,
+    natural_accuracy,
+    random_accuracy,
+    worst_of_k_accuracy,
+)
 from advspatial.models import SmallCNN
-from advspatial.strategies import GridSearchRotoTranslation, WorstOfK
+from advspatial.strategies import WorstOfK
 from advspatial.training import fit
 
-__all__ = ["DemoRow", "add_parser", "run_demo"]
+__all__ = ["RECIPES", "DemoRow", "TrainingRecipe", "add_parser", "format_table", "run_demo"]
+
+Train = Callable[[nn.Module, Dataset[Any], int, int, bool], object]
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """A named way to train the demo's model.
+
+    Attributes:
+        name: the row's name in the table.
+        train: ``train(model, dataset, epochs, seed, progress)`` trains ``model`` in place.
+    """
+
+    name: str
+    train: Train
+
+
+def _standard(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool) -> object:
+    return fit(model, data, epochs=epochs, seed=seed, progress=progress)
+
+
+def _worst_of_10(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool) -> object:
+    augment = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(seed))
+    return fit(model, data, epochs=epochs, transform=augment, seed=seed, progress=progress)
+
+
+RECIPES: tuple[TrainingRecipe, ...] = (
+    TrainingRecipe("standard", _standard),
+    TrainingRecipe("worst-of-10", _worst_of_10),
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +70,7 @@ class DemoRow:
 
     name: str
     natural: float
+    random: float
     worst_of_10: float
     grid: float
     train_seconds: float
@@ -32,9 +79,15 @@ class DemoRow:
 
 
 def run_demo(
-    *, epochs: int = 8, seed: int = 0, test_images: int | None = None, progress: bool = True
+    *,
+    epochs: int = 8,
+    seed: int = 0,
+    test_images: int | None = None,
+    progress: bool = True,
+    recipes: Sequence[TrainingRecipe] = RECIPES,
+    output: str | Path | None = None,
 ) -> list[DemoRow]:
-    """Train a SmallCNN on digits the standard way and with worst-of-10, and evaluate both.
+    """Train a SmallCNN on digits with each recipe, evaluate it, and optionally write the plots.
 
     Attack space of Engstrom et al. for MNIST: +-30 degrees, +-3 px; grid 31 x 5 x 5.
 
@@ -43,68 +96,100 @@ def run_demo(
         seed: seed of the split, the initialisation and the attacks.
         test_images: evaluate on the first this many test images (all 359 when ``None``).
         progress: show progress bars.
+        recipes: the trainings to compare.
+        output: folder for ``accuracy.png``, ``rotation_profile.png`` and ``landscape_<recipe>.png``;
+            ``None`` writes no plots.
     """
     train, test = load_digits_28(seed=seed)
     if test_images is not None:
         test = TensorDataset(*(t[:test_images] for t in test.tensors))
-    rows = []
-    for name, adversarial in (("standard", False), ("worst-of-10", True)):
+    loader = DataLoader(test, batch_size=256, shuffle=False)
+    rows, profiles, table = [], {}, {}
+    for recipe in recipes:
         torch.manual_seed(seed)
         model = SmallCNN()
-        augment = (
-            WorstOfK(model, k=10, generator=torch.Generator().manual_seed(seed)) if adversarial else None
-        )
         start = time.perf_counter()
-        fit(model, train, epochs=epochs, transform=augment, seed=seed, progress=progress)
+        recipe.train(model, train, epochs, seed, progress)
         seconds = time.perf_counter() - start
-        natural = evaluate_accuracy(model, test, progress=progress, desc=f"{name}: natural")
-        worst = evaluate_accuracy(
-            model,
-            test,
-            WorstOfK(model, k=10, generator=torch.Generator().manual_seed(seed + 1)),
-            progress=progress,
-            desc=f"{name}: worst-of-10",
+        natural = natural_accuracy(model, loader, progress=progress)
+        rand = random_accuracy(
+            model, loader, generator=torch.Generator().manual_seed(seed + 2), progress=progress
         )
-        grid = evaluate_accuracy(
-            model,
-            test,
-            GridSearchRotoTranslation(model, early_exit=True),
-            progress=progress,
-            desc=f"{name}: grid",
+        worst = worst_of_k_accuracy(
+            model, loader, k=10, generator=torch.Generator().manual_seed(seed + 1), progress=progress
         )
+        grid = grid_accuracy(model, loader, early_exit=True, progress=progress)
         rows.append(
             DemoRow(
-                name,
-                natural.accuracy,
-                worst.accuracy,
-                grid.accuracy,
-                seconds,
-                grid.evaluations,
-                grid.exhaustive_evaluations,
+                name=recipe.name,
+                natural=natural.accuracy,
+                random=rand.accuracy,
+                worst_of_10=worst.accuracy,
+                grid=grid.accuracy,
+                train_seconds=seconds,
+                grid_evaluations=grid.evaluations,
+                grid_exhaustive_evaluations=grid.exhaustive_evaluations,
             )
         )
+        if output is not None:
+            table[recipe.name] = {
+                "natural": natural.accuracy,
+                "random": rand.accuracy,
+                "worst-of-10": worst.accuracy,
+                "grid": grid.accuracy,
+            }
+            profiles[recipe.name] = rotation_profile(model, loader, progress=progress)
+            images, labels = test.tensors[0][:3], test.tensors[1][:3]
+            landscape = loss_landscape(model, images, labels)
+            landscape.save_plot(Path(output) / f"landscape_{_slug(recipe.name)}.png")
+    if output is not None:
+        _write_summary_plots(table, profiles, Path(output))
     return rows
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _write_summary_plots(
+    table: dict[str, dict[str, float]], profiles: dict[str, RotationProfile], output: Path
+) -> None:
+    title = "Digits, +-30 degrees, +-3 px"
+    plot_accuracies(table, output / "accuracy.png", title=title)
+    plot_rotation_profiles(profiles, output / "rotation_profile.png")
 
 
 def format_table(rows: list[DemoRow]) -> str:
     """Markdown table of the demo's results (accuracies in percent)."""
     lines = [
-        "| training | natural | worst-of-10 | grid (775) | train time | grid forward evaluations |",
-        "|---|---|---|---|---|---|",
+        "| training | natural | random | worst-of-10 | grid (775) | train time | grid forward evaluations |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.name} | {100 * row.natural:.1f} | {100 * row.worst_of_10:.1f} | {100 * row.grid:.1f} "
-            f"| {row.train_seconds:.1f} s | {row.grid_evaluations} of {row.grid_exhaustive_evaluations} |"
+            f"| {row.name} | {100 * row.natural:.1f} | {100 * row.random:.1f} | {100 * row.worst_of_10:.1f} "
+            f"| {100 * row.grid:.1f} | {row.train_seconds:.1f} s "
+            f"| {row.grid_evaluations} of {row.grid_exhaustive_evaluations} |"
         )
     return "\n".join(lines)
 
 
 def _main(args: argparse.Namespace) -> int:
-    epochs, test_images = (1, 120) if args.quick else (args.epochs, None)
-    rows = run_demo(epochs=epochs, seed=args.seed, test_images=test_images, progress=not args.no_progress)
-    print("Spatial robustness on scikit-learn digits (28 x 28), +-30 degrees, +-3 px")
+    epochs, test_images = (4, 120) if args.quick else (args.epochs, None)
+    output = None if args.no_plots else Path(args.output)
+    start = time.perf_counter()
+    rows = run_demo(
+        epochs=epochs, seed=args.seed, test_images=test_images, progress=not args.no_progress, output=output
+    )
+    count = test_images or 359
+    print(
+        f"Spatial robustness on scikit-learn digits (28 x 28), {epochs} epochs, {count} test images, "
+        "+-30 degrees, +-3 px"
+    )
     print(format_table(rows))
+    if output is not None:
+        print(f"Plots written to {output}/ (accuracy.png, rotation_profile.png, landscape_*.png)")
+    print(f"Total time {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -112,7 +197,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register ``advspatial demo``."""
     parser = subparsers.add_parser("demo", help="train and evaluate on the bundled digits (offline)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (default 8)")
-    parser.add_argument("--quick", action="store_true", help="1 epoch and 120 test images: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="4 epochs and 120 test images: a smoke test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--output", default="advspatial-demo", help="folder for the plots (default ./advspatial-demo)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_main)

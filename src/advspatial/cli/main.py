@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from advspatial import __version__
-from advspatial.cli import demo
+from advspatial.cli import benchmark, demo, evaluate
+from advspatial.errors import AdvSpatialError
 
 __all__ = ["main"]
 
@@ -18,13 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"advspatial {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(subparsers)
+    evaluate.add_parser(subparsers)
+    benchmark.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (2 for bad input, with a message on stderr)."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except AdvSpatialError as error:
+        print(f"advspatial {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,307 @@
+"""``advspatial evaluate``: measure the spatial robustness of a user's model; JSON report and plots.
+
+The model comes from a factory (``--model package.module:factory``, the current folder is importable)
+and its weights from a state dict saved with ``torch.save(model.state_dict(), file)``, loaded with
+``torch.load(weights_only=True)``. The images come from an ``ImageFolder`` layout
+(``root/<class>/<image>``) or a torchvision dataset already on disk (never downloaded); the model
+receives them as float ``(B, C, H, W)`` in ``[0, 1]`` (normalise inside the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from advspatial import __version__
+from advspatial.errors import AdvSpatialError
+from advspatial.evaluation.landscape import loss_landscape
+from advspatial.evaluation.plots import plot_accuracies
+from advspatial.evaluation.rotation_profile import rotation_profile
+from advspatial.evaluation.sweeps import robustness_sweep
+
+__all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def load_factory_model(spec: str) -> nn.Module:
+    """Call the factory named by ``package.module:attribute`` and check it returns an ``nn.Module``."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise AdvSpatialError(f"--model must look like package.module:factory, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise AdvSpatialError(
+            f"--model: cannot import module {module_name!r} ({error}); run from the folder that holds it "
+            "or add it to PYTHONPATH"
+        ) from error
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        raise AdvSpatialError(f"--model: module {module_name!r} has no attribute {attribute!r}")
+    if not callable(factory):
+        raise AdvSpatialError(f"--model: {spec} is a {type(factory).__name__}, expected a callable factory")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise AdvSpatialError(
+            f"--model: factory {spec} returned an object of type {type(model).__name__}, "
+            "expected a torch.nn.Module"
+        )
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (or a checkpoint dict with a ``"state_dict"`` entry) into ``model``, strictly."""
+    file = Path(path)
+    if not file.is_file():
+        raise AdvSpatialError(f"--weights: file not found: {file}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise AdvSpatialError(
+            f"--weights: {file} could not be loaded with torch.load(weights_only=True): {error}; "
+            "save the weights with torch.save(model.state_dict(), file)"
+        ) from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AdvSpatialError(
+            f"--weights: {file} holds a {type(state).__name__}, expected a state dict of tensors "
+            "(torch.save(model.state_dict(), file))"
+        )
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape", mismatched),
+        ):
+            if items:
+                shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+                parts.append(f"{label}: {shown}")
+        raise AdvSpatialError(f"--weights: {file} does not match the model ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def _transform(resize: int | None, grayscale: bool) -> Any:
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.ToImage()]
+    if grayscale:
+        steps.append(v2.Grayscale(num_output_channels=1))
+    if resize is not None:
+        steps.append(v2.Resize((resize, resize), antialias=True))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The dataset named on the command line, and a description of it for the report."""
+    try:
+        import torchvision
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise AdvSpatialError(
+            "advspatial evaluate needs torchvision: pip install 'advspatial[demo]'"
+        ) from error
+    transform = _transform(args.resize, args.grayscale)
+    if args.image_folder is not None:
+        root = Path(args.image_folder)
+        if not root.is_dir():
+            raise AdvSpatialError(f"--image-folder: folder not found: {root}")
+        has_images = any(p.suffix.lower() in _IMAGE_SUFFIXES for p in root.glob("*/**/*") if p.is_file())
+        if not has_images:
+            raise AdvSpatialError(
+                f"--image-folder: no images found in {root}; expected the ImageFolder layout "
+                f"{root}/<class name>/<image>.png with one sub-folder per class"
+            )
+        try:
+            dataset: Any = torchvision.datasets.ImageFolder(str(root), transform=transform)
+        except (FileNotFoundError, OSError) as error:
+            raise AdvSpatialError(f"--image-folder: {root} is not a readable ImageFolder: {error}") from error
+        info: dict[str, Any] = {"source": "image_folder", "path": str(root), "classes": list(dataset.classes)}
+    else:
+        name = args.dataset
+        factory: Any = getattr(torchvision.datasets, name, None)
+        if not isinstance(factory, type) or not issubclass(factory, torch.utils.data.Dataset):
+            raise AdvSpatialError(
+                f"--dataset: torchvision.datasets has no dataset {name!r} (e.g. MNIST, CIFAR10)"
+            )
+        root = Path(args.root)
+        if not root.is_dir():
+            raise AdvSpatialError(f"--root: folder not found: {root}")
+        build: Any = factory
+        try:
+            try:
+                dataset = build(str(root), train=args.split == "train", download=False, transform=transform)
+            except TypeError:
+                dataset = build(str(root), split=args.split, download=False, transform=transform)
+        except (RuntimeError, FileNotFoundError, OSError) as error:
+            raise AdvSpatialError(
+                f"--dataset: {name} not found under {root} ({error}); this command never downloads: "
+                f"fetch it first, e.g. torchvision.datasets.{name}(root, download=True)"
+            ) from error
+        info = {"source": "torchvision", "dataset": name, "path": str(root), "split": args.split}
+    if args.limit is not None:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    if len(dataset) == 0:
+        raise AdvSpatialError("the dataset holds no images")
+    info["images"] = len(dataset)
+    return dataset, info
+
+
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise AdvSpatialError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AdvSpatialError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _main(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    device = _device(args.device)
+    model = load_factory_model(args.model)
+    if args.weights is not None:
+        load_weights(model, args.weights)
+    model.to(device).eval()
+    dataset, data_info = open_dataset(args)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    progress = not args.no_progress
+    space = {"max_rotation": args.max_rotation, "max_translation": args.max_translation}
+    try:
+        results = robustness_sweep(
+            model,
+            loader,
+            k=args.k,
+            rotations=args.grid_rotations,
+            translations=args.grid_translations,
+            pgd_steps=args.pgd_steps,
+            seed=args.seed,
+            progress=progress,
+            **space,
+        )
+        profile = rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+    except RuntimeError as error:
+        if "stack expects each tensor to be equal size" in str(error):
+            raise AdvSpatialError("the images differ in size; pass --resize N to make them N x N") from error
+        raise
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "accuracy": plot_accuracies(
+            {args.model: {name: result.accuracy for name, result in results.items()}},
+            output / "accuracy.png",
+            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
+        ),
+        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png"),
+        "rotation_profile": profile.save_plot(output / "rotation_profile.png", label=args.model),
+    }
+    count = min(args.landscape_images, len(dataset))
+    if count > 0:
+        images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
+        landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
+        plots["landscape"] = landscape.save_plot(output / "landscape.png")
+    report = {
+        "advspatial_version": __version__,
+        "model": args.model,
+        "weights": args.weights,
+        "device": str(device),
+        "data": data_info,
+        "attack_space": {
+            **space,
+            "k": args.k,
+            "grid": [args.grid_rotations, args.grid_translations, args.grid_translations],
+            "pgd_steps": args.pgd_steps,
+            "seed": args.seed,
+        },
+        "accuracy": {name: result.to_dict(per_sample=False)["accuracy"] for name, result in results.items()},
+        "results": {name: result.to_dict() for name, result in results.items()},
+        "labels": results["natural"].labels.tolist(),
+        "rotation_profile": profile.to_dict(),
+        "plots": {name: path.name for name, path in plots.items()},
+        "seconds": time.perf_counter() - start,
+    }
+    report_path = output / "report.json"
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'attack':<12} accuracy")
+    for name, result in results.items():
+        print(f"{name:<12} {100 * result.accuracy:6.1f} %")
+    print(f"Report written to {report_path}; plots: {', '.join(p.name for p in plots.values())}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``advspatial evaluate``."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="measure a model's spatial robustness on an image folder or a torchvision dataset",
+        description=__doc__,
+    )
+    parser.add_argument("--model", required=True, help="package.module:factory returning an nn.Module")
+    parser.add_argument("--weights", help="state dict file (torch.save(model.state_dict(), file))")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--image-folder", help="folder in ImageFolder layout: <folder>/<class>/<image>")
+    data.add_argument("--dataset", help="torchvision dataset class already on disk, e.g. MNIST, CIFAR10")
+    parser.add_argument("--root", default=".", help="root folder of --dataset (default .)")
+    parser.add_argument("--split", default="test", choices=["train", "test"], help="split of --dataset")
+    parser.add_argument("--resize", type=_count(1), help="resize images to N x N")
+    parser.add_argument("--grayscale", action="store_true", help="convert images to one channel")
+    parser.add_argument("--limit", type=_count(1), help="evaluate the first N images only")
+    parser.add_argument("--max-rotation", type=float, default=30.0, help="degrees (default 30)")
+    parser.add_argument("--max-translation", type=float, default=3.0, help="pixels (default 3)")
+    parser.add_argument("--k", type=_count(1), default=10, help="candidates of worst-of-k (default 10)")
+    parser.add_argument("--grid-rotations", type=_count(1), default=31, help="grid angles (default 31)")
+    parser.add_argument(
+        "--grid-translations", type=_count(1), default=5, help="grid offsets per axis (default 5)"
+    )
+    parser.add_argument(
+        "--pgd-steps", type=_count(0), default=5, help="steps of the first-order attack (default 5)"
+    )
+    parser.add_argument(
+        "--landscape-images", type=_count(0), default=3, help="images in landscape.png (default 3)"
+    )
+    parser.add_argument("--batch-size", type=_count(1), default=128)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="advspatial-report", help="folder for report.json and the plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_main)

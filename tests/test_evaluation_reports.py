@@ -1,0 +1,221 @@
+"""Evaluation over a loader: sweeps, rotation profile, loss landscape, plots, search cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from advspatial import AdvSpatialError, GridSearchRotoTranslation, WorstOfK, roto_translate
+from advspatial.evaluation import (
+    evaluate_accuracy,
+    first_order_accuracy,
+    grid_accuracy,
+    loss_landscape,
+    natural_accuracy,
+    random_accuracy,
+    robustness_sweep,
+    rotation_profile,
+    search_accuracy,
+    worst_of_k_accuracy,
+)
+from advspatial.evaluation.plots import plot_accuracies
+from advspatial.evaluation.throughput import measure_search_cost
+from checks import assert_model_unchanged, model_snapshot
+from conftest import TinyCNN
+
+
+@pytest.fixture
+def data() -> tuple[TensorDataset, DataLoader[tuple[torch.Tensor, ...]]]:
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(20, 1, 12, 12, generator=generator)
+    labels = torch.randint(0, 10, (20,), generator=generator)
+    dataset = TensorDataset(images, labels)
+    return dataset, DataLoader(dataset, batch_size=7, shuffle=False)
+
+
+def logits_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    flag = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    model.train(flag)
+    return out
+
+
+def test_natural_matches_direct_forward_and_evaluate_accuracy(model, data) -> None:
+    dataset, loader = data
+    images, labels = dataset.tensors
+    before = model_snapshot(model)
+    result = natural_accuracy(model, loader)
+    assert_model_unchanged(model, before)
+    logits = logits_of(model, images)
+    assert torch.equal(result.correct, logits.argmax(1) == labels)
+    assert torch.allclose(result.loss, F.cross_entropy(logits, labels, reduction="none"), atol=1e-6)
+    assert torch.equal(result.labels, labels)
+    assert result.accuracy == pytest.approx(evaluate_accuracy(model, dataset).accuracy)
+    assert result.evaluations == 20 and torch.equal(result.params, torch.zeros(20, 3))
+
+
+def test_random_accuracy_replays_its_chosen_transforms(model, data) -> None:
+    dataset, loader = data
+    images, labels = dataset.tensors
+    result = random_accuracy(
+        model, loader, max_rotation=20, max_translation=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert result.evaluations == 20
+    assert bool((result.params[:, 0].abs() <= 20).all()) and bool((result.params[:, 1:].abs() <= 2).all())
+    assert result.params.abs().sum() > 0
+    logits = logits_of(model, roto_translate(images, result.params))
+    assert torch.equal(result.correct, logits.argmax(1) == labels)
+    assert torch.allclose(result.loss, F.cross_entropy(logits, labels, reduction="none"), atol=1e-5)
+
+
+def test_grid_early_exit_is_exact_and_never_above_natural(model, data) -> None:
+    _, loader = data
+    natural = natural_accuracy(model, loader)
+    early = grid_accuracy(model, loader, rotations=7, translations=3)
+    full = grid_accuracy(model, loader, rotations=7, translations=3, early_exit=False)
+    assert torch.equal(early.correct, full.correct)
+    assert full.evaluations == full.exhaustive_evaluations == 20 * 63
+    assert early.evaluations <= full.evaluations
+    # The identity is a grid point: robust on the grid implies right on the clean image.
+    assert not bool((early.correct & ~natural.correct).any())
+
+
+def test_worst_of_k_and_first_order_are_at_most_natural(model, data) -> None:
+    _, loader = data
+    natural = natural_accuracy(model, loader)
+    worst = worst_of_k_accuracy(model, loader, k=5, generator=torch.Generator().manual_seed(1))
+    pgd = first_order_accuracy(model, loader, steps=2)
+    assert worst.evaluations == 100 and pgd.evaluations == 60
+    # S-PGD scores its start, the identity.
+    assert not bool((pgd.correct & ~natural.correct).any())
+    for result in (worst, pgd):
+        assert result.params.shape == (20, 3)
+        assert bool((result.params[:, 0].abs() <= 30 + 1e-5).all())
+        assert bool((result.params[:, 1:].abs() <= 3 + 1e-5).all())
+
+
+def test_sweep_leaves_the_model_alone_and_serialises(model, data) -> None:
+    _, loader = data
+    before = model_snapshot(model)
+    results = robustness_sweep(model, loader, k=3, rotations=5, translations=3, pgd_steps=1)
+    assert_model_unchanged(model, before)
+    assert list(results) == ["natural", "random", "worst_of_3", "grid", "first_order"]
+    for name, result in results.items():
+        record = json.loads(json.dumps(result.to_dict()))
+        assert record["name"] == name and record["samples"] == 20
+        assert len(record["correct"]) == len(record["loss"]) == len(record["params"]) == 20
+        assert record["accuracy"] == pytest.approx(sum(record["correct"]) / 20)
+
+
+def test_search_accuracy_checks_its_arguments(model, data) -> None:
+    _, loader = data
+    with pytest.raises(AdvSpatialError, match="SpatialSearch"):
+        search_accuracy(model, loader, "grid")  # type: ignore[arg-type]
+    with pytest.raises(AdvSpatialError, match="same model"):
+        search_accuracy(model, loader, WorstOfK(TinyCNN(), k=2))
+    with pytest.raises(AdvSpatialError, match=r"\(images, labels\) pairs"):
+        natural_accuracy(model, [torch.rand(2, 1, 12, 12)])
+    with pytest.raises(AdvSpatialError, match="labels must have shape"):
+        natural_accuracy(model, [(torch.rand(2, 1, 12, 12), torch.zeros(3, dtype=torch.long))])
+    empty = natural_accuracy(model, [])
+    assert empty.correct.numel() == 0 and empty.accuracy != empty.accuracy  # nan
+    assert empty.to_dict()["accuracy"] is None
+
+
+def test_rotation_profile_matches_a_loop_over_angles(model, data) -> None:
+    dataset, loader = data
+    images, labels = dataset.tensors
+    before = model_snapshot(model)
+    profile = rotation_profile(model, loader, max_rotation=30, angles=7)
+    assert_model_unchanged(model, before)
+    clean = logits_of(model, images).argmax(1)
+    for k, angle in enumerate(profile.angles.tolist()):
+        params = torch.tensor([[angle, 0.0, 0.0]]).expand(20, 3)
+        predicted = logits_of(model, roto_translate(images, params)).argmax(1)
+        assert torch.equal(profile.correct[:, k], predicted == labels)
+        assert torch.equal(profile.consistent[:, k], predicted == clean)
+    assert profile.ranges.tolist() == [0.0, 10.0, 20.0, 30.0]
+    assert float(profile.invariance[0]) == 1.0
+    assert float(profile.worst_case_accuracy[0]) == pytest.approx(float((clean == labels).float().mean()))
+    assert bool((profile.worst_case_accuracy.diff() <= 0).all()) and bool(
+        (profile.invariance.diff() <= 0).all()
+    )
+    assert float(profile.worst_case_accuracy[-1]) == pytest.approx(
+        float(profile.correct.all(1).float().mean())
+    )
+    assert profile.evaluations == 2 * 20 * 7 + 20
+    assert json.loads(json.dumps(profile.to_dict()))["ranges"] == [0.0, 10.0, 20.0, 30.0]
+
+
+def test_loss_landscape_matches_brute_force(model) -> None:
+    generator = torch.Generator().manual_seed(5)
+    images, labels = torch.rand(2, 1, 12, 12, generator=generator), torch.tensor([3, 7])
+    land = loss_landscape(
+        model, images, labels, max_rotation=20, max_translation=2, rotations=5, translations=3, axis="y"
+    )
+    assert land.losses.shape == land.correct.shape == (2, 5, 3)
+    assert land.angles.tolist() == [-20.0, -10.0, 0.0, 10.0, 20.0] and land.offsets.tolist() == [
+        -2.0,
+        0.0,
+        2.0,
+    ]
+    for r, angle in enumerate(land.angles.tolist()):
+        for t, offset in enumerate(land.offsets.tolist()):
+            params = torch.tensor([[angle, 0.0, offset]]).expand(2, 3)
+            logits = logits_of(model, roto_translate(images, params))
+            loss = F.cross_entropy(logits, labels, reduction="none")
+            assert torch.allclose(land.losses[:, r, t], loss, atol=1e-5)
+    flat = land.losses.view(2, -1).argmax(1)
+    assert torch.equal(land.worst_params[:, 0], land.angles[flat // 3])
+    assert (
+        torch.equal(land.worst_params[:, 2], land.offsets[flat % 3])
+        and float(land.worst_params[:, 1].abs().sum()) == 0
+    )
+    assert torch.allclose(land.worst_images, roto_translate(images, land.worst_params))
+    with pytest.raises(AdvSpatialError, match="axis"):
+        loss_landscape(model, images, labels, axis="z")
+    with pytest.raises(AdvSpatialError, match="at least one image"):
+        loss_landscape(model, images[:0], labels[:0])
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        pixels = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
+    assert float(pixels.std()) > 5.0, f"{path} looks blank"
+    return image.size
+
+
+def test_plots_are_real_pngs_of_the_documented_size(model, data, tmp_path: Path) -> None:
+    _, loader = data
+    results = robustness_sweep(model, loader, k=2, rotations=3, translations=3, pgd_steps=1)
+    profile = rotation_profile(model, loader, angles=5)
+    images, labels = next(iter(loader))
+    land = loss_landscape(model, images[:2], labels[:2], rotations=5, translations=3)
+    table = {"a": {n: r.accuracy for n, r in results.items()}, "b": {"natural": 0.5}}
+    assert png_size(plot_accuracies(table, tmp_path / "acc.png")) == (800, 400)
+    assert png_size(results["grid"].save_plot(tmp_path / "grid.png")) == (640, 480)
+    assert png_size(profile.save_plot(tmp_path / "sub" / "profile.png")) == (960, 400)
+    assert png_size(land.save_plot(tmp_path / "land.png")) == (900, 600)
+
+
+def test_search_cost_measures_the_same_pairs(model) -> None:
+    images, labels = torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])
+    cost = measure_search_cost(
+        GridSearchRotoTranslation(model, rotations=3, translations=3), images, labels, rounds=1
+    )
+    assert cost.evaluations == 4 * 27
+    assert cost.search_seconds > 0 and cost.bare_seconds > 0
+    assert cost.ratio == pytest.approx(cost.search_seconds / cost.bare_seconds)
+    with pytest.raises(AdvSpatialError, match="exhaustive"):
+        measure_search_cost(GridSearchRotoTranslation(model, early_exit=True), images, labels)
