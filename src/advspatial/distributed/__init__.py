@@ -1,0 +1,73 @@
+"""Distributed data parallel (``torchrun``): process-group set-up, per-rank seeds, sharded evaluation.
+
+Launch any script with ``torchrun --nproc_per_node N script.py``; :func:`init_distributed` reads
+``torchrun``'s environment and chooses gloo on CPU, NCCL on CUDA. Searches score a DDP-wrapped model
+through ``.module``: the extra forward passes trigger no gradient hooks and no buffer broadcasts.
+"""
+
+from advspatial.distributed.context import (
+    BACKENDS,
+    DistributedContext,
+    barrier,
+    current_context,
+    default_backend,
+    destroy_distributed,
+    distributed_session,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+    launched_by_torchrun,
+)
+from advspatial.distributed.curriculum import (
+    broadcast_object,
+    check_same_stage,
+    curriculum_state_dict,
+    load_curriculum_state_dict,
+    save_on_main,
+    sync_stage,
+)
+from advspatial.distributed.evaluation import (
+    IndexedDataset,
+    shard_loader,
+    sharded_grid_accuracy,
+    sharded_robustness_sweep,
+    sharded_search_accuracy,
+    sharded_worst_of_k_accuracy,
+)
+from advspatial.distributed.sampling import candidate_table, rank_generator, rank_seed
+from advspatial.distributed.training import fit_distributed, wrap_ddp
+
+__all__ = [
+    "BACKENDS",
+    "DistributedContext",
+    "IndexedDataset",
+    "barrier",
+    "broadcast_object",
+    "candidate_table",
+    "check_same_stage",
+    "current_context",
+    "curriculum_state_dict",
+    "default_backend",
+    "destroy_distributed",
+    "distributed_session",
+    "fit_distributed",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "launched_by_torchrun",
+    "load_curriculum_state_dict",
+    "rank_generator",
+    "rank_seed",
+    "save_on_main",
+    "shard_loader",
+    "sharded_grid_accuracy",
+    "sharded_robustness_sweep",
+    "sharded_search_accuracy",
+    "sharded_worst_of_k_accuracy",
+    "sync_stage",
+    "wrap_ddp",
+]

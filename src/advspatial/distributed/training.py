@@ -1,0 +1,125 @@
+"""A DDP training loop with a spatial transform on each rank's shard (layer 7).
+
+Each rank draws its own batches (``DistributedSampler``), searches its own worst transforms on them
+(the search scores through ``ddp.module``, in eval mode and under ``torch.inference_mode``: no
+gradient hooks fire and no buffers are broadcast by the extra forwards), and trains the
+DDP-wrapped model, whose gradients are averaged over the ranks: every rank ends with the same
+weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from advspatial.distributed.context import current_context
+from advspatial.engine.model_state import check_model, model_device, unwrap_model
+from advspatial.errors import positive_int
+
+__all__ = ["fit_distributed", "wrap_ddp"]
+
+BatchTransform = Callable[[Tensor, Tensor], Tensor]
+Criterion = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def wrap_ddp(model: nn.Module, **options: Any) -> nn.Module:
+    """``DistributedDataParallel(model)`` when a process group of several ranks runs, else ``model``.
+
+    On CUDA the model's device is passed as ``device_ids``. An already wrapped model is returned as is.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> wrap_ddp(model) is model  # no process group here
+        True
+    """
+    check_model(model)
+    if isinstance(model, DistributedDataParallel) or current_context().world_size == 1:
+        return model
+    device = model_device(model)
+    if device is not None and device.type == "cuda":
+        options.setdefault("device_ids", [device])
+    return DistributedDataParallel(model, **options)
+
+
+def _cross_entropy(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(model(images), labels)
+
+
+def fit_distributed(
+    model: nn.Module,
+    dataset: Dataset[Any],
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    transform: BatchTransform | None = None,
+    criterion: Criterion | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """:func:`advspatial.training.fit` under DDP: Adam, cosine schedule, a transform per batch.
+
+    Call it on every rank with the same (unwrapped) ``model`` initialisation; the model is wrapped in
+    ``DistributedDataParallel`` for the loop and trained in place. ``batch_size`` is per rank (the
+    global batch is ``batch_size * world_size``). Without a process group this is ``fit`` on one
+    process (with a ``DistributedSampler`` of one replica).
+
+    Args:
+        model: the classifier, on this rank's device.
+        dataset: ``(image, label)`` pairs; each rank trains on its ``DistributedSampler`` shard,
+            reshuffled every epoch with ``seed``.
+        epochs, batch_size, lr: the loop's settings.
+        transform: ``transform(images, labels) -> images`` on each batch, e.g. a
+            :class:`advspatial.WorstOfK` holding ``model`` and a
+            :func:`~advspatial.distributed.rank_generator`.
+        criterion: ``criterion(ddp_model, images, labels) -> loss``; cross-entropy by default. Call
+            the model it receives (the DDP wrapper) exactly once per step.
+        seed: seed of the shuffling.
+        progress: progress bar on rank 0.
+
+    Returns:
+        The mean training loss of each epoch over all ranks.
+    """
+    positive_int(epochs, "epochs", minimum=0)
+    positive_int(batch_size, "batch_size")
+    context = current_context()
+    ddp = wrap_ddp(model)
+    device = model_device(unwrap_model(ddp)) or torch.device("cpu")
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    loss_fn = criterion or _cross_entropy
+    history = []
+    epoch_iter: Any = range(epochs)
+    if progress and context.is_main:
+        from tqdm.auto import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="train", unit="epoch", leave=False)
+    for epoch in epoch_iter:
+        sampler.set_epoch(epoch)
+        ddp.train()
+        totals = torch.zeros(2, dtype=torch.float64, device=context.device)
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            if transform is not None:
+                images = transform(images, labels)
+            loss = loss_fn(ddp, images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            totals += torch.tensor([float(loss.detach()) * len(labels), len(labels)], device=context.device)
+        if context.world_size > 1:
+            torch.distributed.all_reduce(totals)
+        history.append(float(totals[0] / totals[1].clamp(min=1)))
+    model.eval()
+    return history
