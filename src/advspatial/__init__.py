@@ -17,6 +17,7 @@ from advspatial.geometry import (
     roto_translate_masks,
     roto_translate_points,
 )
+from advspatial.losses import InvarianceLossComponents, InvarianceRegularizedLoss
 from advspatial.space import RotoTranslationBox
 from advspatial.strategies import GridSearchRotoTranslation, SearchResult, SpatialPGD, SpatialSearch, WorstOfK
 
@@ -25,6 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AdvSpatialError",
     "GridSearchRotoTranslation",
+    "InvarianceLossComponents",
+    "InvarianceRegularizedLoss",
     "RotoTranslationBox",
     "ScoringConfig",
     "SearchResult",
