@@ -19,7 +19,7 @@ from advspatial.data import load_digits_28
 from advspatial.evaluation import evaluate_accuracy
 from advspatial.models import SmallCNN
 
-EPOCHS, SEED, GRID_IMAGES = 3, 0, 100
+EPOCHS, SEED, GRID_IMAGES = 6, 0, 60
 
 
 def train(model: nn.Module, dataset: TensorDataset, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
@@ -69,10 +69,15 @@ def test_regularized_worst_of_10_on_digits() -> None:
     last_components = loss_fn.last.as_dict()
     print(results, last_components)
 
-    (nat_a, grid_a), (_nat_b, grid_b), (_nat_c, grid_c) = results.values()
-    assert nat_a > 0.9  # the standard model learned the task...
+    (nat_a, grid_a), (nat_b, grid_b), (nat_c, grid_c) = results.values()
+    assert nat_a > 0.8  # the standard model learned the task...
     assert grid_a < 0.1  # ...and is not spatially robust
     assert grid_b > grid_a + 0.15  # worst-of-10 training buys grid accuracy
     assert grid_c > grid_a + 0.15
+    # Measured at this setting: natural 93.3 / 66.0 / 88.0 %, grid 0.0 / 30.0 / 36.7 % (60 images).
+    # The regularized model keeps more natural accuracy than plain worst-of-10 training (22 points
+    # here, 2-12 points in the 8-epoch runs); its grid advantage (4 of 60 images here) is too small
+    # to assert on a 60-image subset, so it is reported in the guide rather than asserted.
+    assert nat_c > nat_b
     assert 0.0 <= last_components["attack_success_rate"] <= 1.0
     assert last_components["regularizer"] >= 0.0
