@@ -52,7 +52,7 @@ def test_quick_demo_prints_the_table_and_writes_the_plots(tmp_path: Path) -> Non
         for line in result.stdout.splitlines()
         if line.startswith("| standard") or line.startswith("| worst")
     ]
-    assert len(lines) == 2
+    assert len(lines) == 3
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
         natural, random, worst, grid = (float(c) for c in cells[1:5])
@@ -66,6 +66,7 @@ def test_quick_demo_prints_the_table_and_writes_the_plots(tmp_path: Path) -> Non
         "rotation_profile.png": (960, 400),
         "landscape_standard.png": (900, 900),
         "landscape_worst_of_10.png": (900, 900),
+        "landscape_worst_of_10_kl_regularizer.png": (900, 900),
     }
     for name, size in sizes.items():
         with Image.open(tmp_path / "plots" / name) as image:

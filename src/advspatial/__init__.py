@@ -18,6 +18,7 @@ from advspatial.geometry import (
     roto_translate_masks,
     roto_translate_points,
 )
+from advspatial.losses import InvarianceLossComponents, InvarianceRegularizedLoss
 from advspatial.space import RotoTranslationBox
 from advspatial.strategies import GridSearchRotoTranslation, SearchResult, SpatialPGD, SpatialSearch, WorstOfK
 
@@ -28,6 +29,8 @@ __all__ = [
     "CurriculumSchedule",
     "CurriculumSpatial",
     "GridSearchRotoTranslation",
+    "InvarianceLossComponents",
+    "InvarianceRegularizedLoss",
     "RotoTranslationBox",
     "ScoringConfig",
     "SearchResult",

@@ -7,6 +7,7 @@ plus an invariance regularizer) is one more recipe appended to :data:`RECIPES`.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from advspatial.evaluation.sweeps import (
     random_accuracy,
     worst_of_k_accuracy,
 )
+from advspatial.losses import InvarianceRegularizedLoss
 from advspatial.models import SmallCNN
 from advspatial.strategies import WorstOfK
 from advspatial.training import fit
@@ -58,9 +60,16 @@ def _worst_of_10(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, p
     return fit(model, data, epochs=epochs, transform=augment, seed=seed, progress=progress)
 
 
+def _worst_of_10_kl(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool) -> object:
+    attack = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(seed))
+    loss_fn = InvarianceRegularizedLoss(model, attack, regularizer="kl", task_on="nat")  # lambda = 8
+    return fit(model, data, epochs=epochs, loss_fn=loss_fn, seed=seed, progress=progress)
+
+
 RECIPES: tuple[TrainingRecipe, ...] = (
     TrainingRecipe("standard", _standard),
     TrainingRecipe("worst-of-10", _worst_of_10),
+    TrainingRecipe("worst-of-10 + KL regularizer", _worst_of_10_kl),
 )
 
 
@@ -148,7 +157,7 @@ def run_demo(
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def _write_summary_plots(

@@ -8,6 +8,7 @@ One function, :func:`score_candidates`, sits at the centre of the library. It wa
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +18,13 @@ from torch import Tensor, nn
 from advspatial.engine.chunking import default_chunk_size, is_out_of_memory
 from advspatial.engine.model_state import check_same_device, scoring_mode
 from advspatial.engine.objectives import Targets, per_sample_objective
-from advspatial.errors import check_label_range, check_logits
+from advspatial.errors import AdvSpatialError, check_label_range, check_logits
 from advspatial.geometry.warp import _warp
 
-__all__ = ["Scores", "ScoringConfig", "score_candidates"]
+__all__ = ["CandidateObjective", "Scores", "ScoringConfig", "score_candidates"]
+
+CandidateObjective = Callable[[Tensor, Tensor], Tensor]
+"""A custom per-pair objective ``(logits (N, num_classes) float32, rows (N,) long) -> (N,)``."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,13 @@ class _Scorer:
     """Warps and scores batches of pairs; holds the per-call state of one search."""
 
     def __init__(
-        self, net: nn.Module, images: Tensor, targets: Targets, candidates: Tensor, config: ScoringConfig
+        self,
+        net: nn.Module,
+        images: Tensor,
+        targets: Targets,
+        candidates: Tensor,
+        config: ScoringConfig,
+        objective: CandidateObjective | None = None,
     ):
         self.net, self.images, self.targets, self.candidates, self.config = (
             net,
@@ -75,6 +85,7 @@ class _Scorer:
         )
         self.chunk_size = config.chunk_size or default_chunk_size(images)
         self.evaluations = 0
+        self.objective = objective
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.config.autocast is None:
@@ -89,6 +100,8 @@ class _Scorer:
             if self.targets.reference_log_probs is None:
                 check_label_range(self.targets.classes, logits.shape[1])
             loss, correct = per_sample_objective(logits, self.targets, rows)
+            if self.objective is not None:
+                loss = _custom_objective(self.objective, logits, rows)
         self.evaluations += int(rows.shape[0])
         return loss.clone(), correct.clone()
 
@@ -112,6 +125,14 @@ class _Scorer:
             empty = torch.empty(0, device=self.images.device)
             return empty, empty.bool()
         return torch.cat(losses), torch.cat(corrects)
+
+
+def _custom_objective(objective: CandidateObjective, logits: Tensor, rows: Tensor) -> Tensor:
+    loss = objective(logits.float(), rows)
+    if not isinstance(loss, Tensor) or loss.shape != rows.shape:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise AdvSpatialError(f"objective must return a tensor of shape ({rows.shape[0]},), got {shape}")
+    return loss.float()
 
 
 def _targets(net: nn.Module, images: Tensor, labels: Tensor | None, config: ScoringConfig) -> Targets:
@@ -146,6 +167,7 @@ def score_candidates(
     config: ScoringConfig = ScoringConfig(),
     *,
     early_exit: bool = False,
+    objective: CandidateObjective | None = None,
 ) -> Scores:
     """Score every candidate transform of every image with batched forward passes.
 
@@ -173,7 +195,7 @@ def score_candidates(
         return Scores(losses, correct, scored, 0, 0)
     with scoring_mode(model) as net:
         targets = _targets(net, images, labels, config)
-        scorer = _Scorer(net, images, targets, candidates, config)
+        scorer = _Scorer(net, images, targets, candidates, config, objective)
         if labels is None:
             scorer.evaluations += batch
         if not early_exit:

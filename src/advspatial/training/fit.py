@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = ["fit"]
 
 BatchTransform = Callable[[Tensor, Tensor], Tensor]
+BatchLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 def fit(
@@ -23,13 +24,15 @@ def fit(
     batch_size: int = 64,
     lr: float = 3e-3,
     transform: BatchTransform | None = None,
+    loss_fn: BatchLoss | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> list[float]:
-    """Train ``model`` with Adam and cross-entropy; ``transform(images, labels)`` maps each batch.
+    """Train ``model`` with Adam; ``transform(images, labels)`` maps each batch.
 
     The transform runs on the batch right after the loader (the fast path of the library), e.g. a
-    :class:`advspatial.WorstOfK` for adversarial training.
+    :class:`advspatial.WorstOfK` for adversarial training. The loss is cross-entropy, or
+    ``loss_fn(images, labels)`` (e.g. an :class:`advspatial.InvarianceRegularizedLoss`) when given.
 
     Returns:
         The mean training loss of each epoch.
@@ -52,7 +55,7 @@ def fit(
             images, labels = images.to(device), labels.to(device)
             if transform is not None:
                 images = transform(images, labels)
-            loss = F.cross_entropy(model(images), labels)
+            loss = F.cross_entropy(model(images), labels) if loss_fn is None else loss_fn(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,294 @@
+"""The invariance-regularized loss of Yang, Wang and Heinze-Deml 2019 (layer 5)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advspatial.engine.model_state import check_model, check_same_device, scoring_mode, unwrap_model
+from advspatial.engine.search import score_candidates
+from advspatial.errors import (
+    AdvSpatialError,
+    check_images,
+    check_label_range,
+    check_labels,
+    check_logits,
+    check_params,
+    choice,
+)
+from advspatial.geometry.warp import roto_translate
+from advspatial.losses.regularizers import PAPER_WEIGHTS, REGULARIZERS
+from advspatial.strategies.grid import GridSearchRotoTranslation
+from advspatial.strategies.result import SearchResult
+from advspatial.strategies.worst_of_k import WorstOfK
+
+__all__ = ["InvarianceLossComponents", "InvarianceRegularizedLoss"]
+
+TASK_ON: tuple[str, ...] = ("nat", "adv", "both")
+ATTACK_OBJECTIVES: tuple[str, ...] = ("task", "regularizer")
+TaskLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+class _Attack(Protocol):
+    def search(self, images: Tensor, labels: Tensor | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class InvarianceLossComponents:
+    """The parts of the last loss value, detached, for logging (no extra forward pass).
+
+    Attributes:
+        loss: the returned scalar ``task + weight * regularizer``.
+        task: the task-loss term (mean of the natural and adversarial terms for ``task_on="both"``).
+        regularizer: the batch mean of the penalty ``D(z(x), z(x'))`` (before weighting).
+        weight: ``lambda``.
+        attack_success_rate: fraction of images whose transform ``x'`` the model misclassified in the
+            training forward pass.
+        params: ``(B, 3)`` transforms ``(angle, tx, ty)`` used for ``x'``.
+        search: the attack's result, or ``None`` when ``params`` were given.
+    """
+
+    loss: Tensor
+    task: Tensor
+    regularizer: Tensor
+    weight: float
+    attack_success_rate: Tensor
+    params: Tensor
+    search: SearchResult | Any | None
+
+    def as_dict(self) -> dict[str, float]:
+        """Python floats for a logger: ``loss``, ``task``, ``regularizer``, ``attack_success_rate``."""
+        return {
+            "loss": float(self.loss),
+            "task": float(self.task),
+            "regularizer": float(self.regularizer),
+            "attack_success_rate": float(self.attack_success_rate),
+        }
+
+
+class InvarianceRegularizedLoss(nn.Module):
+    """Task loss plus ``weight * D(z(x), z(x'))`` with ``x'`` the attack's worst transform of ``x``.
+
+    Yang, Wang and Heinze-Deml 2019, "Invariance-inducing regularization using worst-case
+    transformations suffices to boost accuracy and spatial robustness". Per batch:
+
+    1. the attack chooses a transform per image, in eval mode, leaving the model untouched, either
+       against the task (``attack_objective="task"``: the attack's own cross-entropy search) or against
+       the regularizer itself (``attack_objective="regularizer"``: candidates ranked by
+       ``D(z(x), z(x'))`` with the eval-mode clean logits);
+    2. one forward pass over ``cat([x, x'])`` in the model's current mode (training mode during
+       training: BatchNorm sees the clean and the transformed images together, as in the paper);
+    3. ``loss = task + weight * mean_i D(z(x_i), z(x'_i))``, computed in float32 outside autocast.
+
+    Regularizers on logits ``z``: ``"l2"`` (ALP style) ``||z(x) - z(x')||^2 / 4``, paper weight 1;
+    ``"kl"`` (TRADES style) ``KL(softmax z(x) || softmax z(x'))``, paper weight 8. Gradients flow
+    through both sides. The task loss is taken on the natural images (``"nat"``, the paper's "nat"),
+    the transformed ones (``"adv"``, the paper's "rob") or the mean of both (``"both"``, "mix").
+
+    Convention:
+        Transforms are rows ``(angle, tx, ty)``: degrees counter-clockwise, then pixels right and
+        down; bilinear, zero fill (see :func:`advspatial.roto_translate`).
+
+    Args:
+        model: the classifier being trained (held by reference, not registered as a submodule); a
+            DDP or ``torch.compile`` wrapper is fine. It must be the model the attack holds.
+        attack: a :class:`advspatial.WorstOfK`, :class:`advspatial.GridSearchRotoTranslation`,
+            :class:`advspatial.SpatialPGD` or any object with ``search(images, labels)`` returning
+            ``.params`` ``(B, 3)``. ``x'`` is built with ``attack.apply`` when it has one.
+        regularizer: ``"kl"`` or ``"l2"``.
+        weight: ``lambda >= 0``; ``None`` takes the paper's value (8 for ``"kl"``, 1 for ``"l2"``).
+        task_on: ``"nat"``, ``"adv"`` or ``"both"``.
+        attack_objective: ``"task"`` or ``"regularizer"``. Ranking by the regularizer needs a
+            candidate set (WorstOfK, grid) for ``"l2"``; for ``"kl"`` any attack works (it is then
+            searched without labels, i.e. against ``KL(p_clean || p')``, which is the regularizer).
+        task_loss: ``task_loss(logits, labels) -> scalar``, default :func:`torch.nn.functional.cross_entropy`.
+
+    Shape:
+        images ``(B, C, H, W)`` float on the model's device, labels ``(B,)`` integer; returns a scalar.
+        After each call, :attr:`last` holds the :class:`InvarianceLossComponents`.
+
+    Example:
+        >>> from advspatial import WorstOfK
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> attack = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(0))
+        >>> loss_fn = InvarianceRegularizedLoss(model, attack, regularizer="kl")
+        >>> loss = loss_fn(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+        >>> loss.shape, loss_fn.weight, sorted(loss_fn.last.as_dict())
+        (torch.Size([]), 8.0, ['attack_success_rate', 'loss', 'regularizer', 'task'])
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attack: _Attack,
+        *,
+        regularizer: str = "kl",
+        weight: float | None = None,
+        task_on: str = "nat",
+        attack_objective: str = "task",
+        task_loss: TaskLoss | None = None,
+    ) -> None:
+        super().__init__()
+        self._held = (check_model(model),)
+        if not callable(getattr(attack, "search", None)):
+            raise AdvSpatialError(
+                f"attack must have a search(images, labels) method (e.g. advspatial.WorstOfK), "
+                f"got {type(attack).__name__}"
+            )
+        attack_model = getattr(attack, "model", None)
+        if isinstance(attack_model, nn.Module) and _root(attack_model) is not _root(model):
+            raise AdvSpatialError(
+                "attack.model must be the model being trained (or a DDP / torch.compile wrapper of it), "
+                f"got a different {type(attack_model).__name__}; build the attack with the same model"
+            )
+        self.attack = attack
+        self.regularizer = choice(regularizer, "regularizer", tuple(REGULARIZERS))
+        if weight is None:
+            weight = PAPER_WEIGHTS[self.regularizer]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise AdvSpatialError(f"weight must be a finite number >= 0 or None, got {weight!r}")
+        if weight < 0:
+            raise AdvSpatialError(f"weight must be >= 0, got {weight!r}")
+        self.weight = float(weight)
+        self.task_on = choice(task_on, "task_on", TASK_ON)
+        self.attack_objective = choice(attack_objective, "attack_objective", ATTACK_OBJECTIVES)
+        if (
+            self.attack_objective == "regularizer"
+            and self.regularizer == "l2"
+            and not _has_candidates(attack)
+        ):
+            raise AdvSpatialError(
+                "attack_objective='regularizer' with regularizer='l2' needs an attack with a candidate set "
+                f"(WorstOfK or GridSearchRotoTranslation), got {type(attack).__name__}; use "
+                "attack_objective='task' or regularizer='kl'"
+            )
+        if task_loss is not None and not callable(task_loss):
+            raise AdvSpatialError(f"task_loss must be callable or None, got {type(task_loss).__name__}")
+        self.task_loss: TaskLoss = task_loss if task_loss is not None else F.cross_entropy
+        self.last: InvarianceLossComponents | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being trained."""
+        return self._held[0]
+
+    def forward(self, images: Tensor, labels: Tensor, *, params: Tensor | None = None) -> Tensor:
+        """The regularized loss of a batch.
+
+        Args:
+            images: ``(B, C, H, W)`` float, ``B >= 1``, on the model's device.
+            labels: ``(B,)`` class indices.
+            params: optional ``(B, 3)`` transforms to use instead of searching (replay).
+
+        Returns:
+            A scalar tensor; :attr:`last` holds its components.
+        """
+        images = check_images(images)
+        check_same_device(self.model, images)
+        if images.shape[0] == 0:
+            raise AdvSpatialError("images must hold at least one image to compute a mean loss, got 0")
+        batch = images.shape[0]
+        labels = check_labels(labels, batch, images.device)
+        search: Any = None
+        if params is None:
+            search = self._search(images.detach(), labels)
+            params = check_params(search.params, batch, name="attack's chosen params")
+        else:
+            params = check_params(params, batch)
+        params = params.detach().to(images.device)
+        transformed = self._transform(images, params)
+        logits = check_logits(self.model(torch.cat([images, transformed])), 2 * batch)
+        check_label_range(labels, logits.shape[1])
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            wide = logits if logits.dtype == torch.float64 else logits.float()
+            clean, adversarial = wide[:batch], wide[batch:]
+            task = self._task(clean, adversarial, labels)
+            penalty = REGULARIZERS[self.regularizer](clean, adversarial).mean()
+            loss = task + self.weight * penalty
+        self.last = InvarianceLossComponents(
+            loss=loss.detach(),
+            task=task.detach(),
+            regularizer=penalty.detach(),
+            weight=self.weight,
+            attack_success_rate=(adversarial.detach().argmax(dim=1) != labels).float().mean(),
+            params=params,
+            search=search,
+        )
+        return loss
+
+    def _task(self, clean: Tensor, adversarial: Tensor, labels: Tensor) -> Tensor:
+        if self.task_on == "nat":
+            return self.task_loss(clean, labels)
+        if self.task_on == "adv":
+            return self.task_loss(adversarial, labels)
+        return 0.5 * (self.task_loss(clean, labels) + self.task_loss(adversarial, labels))
+
+    def _transform(self, images: Tensor, params: Tensor) -> Tensor:
+        apply = getattr(self.attack, "apply", None)
+        if callable(apply):
+            return apply(images, params)
+        return roto_translate(images, params)
+
+    def _search(self, images: Tensor, labels: Tensor) -> Any:
+        if self.attack_objective == "task":
+            return self.attack.search(images, labels)
+        if not _has_candidates(self.attack):
+            # KL from the clean prediction is the engine's label-free objective: the regularizer itself.
+            return self.attack.search(images, None)
+        return self._search_regularizer(images, labels)
+
+    def _search_regularizer(self, images: Tensor, labels: Tensor) -> SearchResult:
+        """Rank the attack's candidates by the regularizer against the eval-mode clean logits."""
+        attack = self.attack
+        assert isinstance(attack, WorstOfK | GridSearchRotoTranslation)
+        if isinstance(attack, WorstOfK):
+            candidates = attack.sample(images.shape[0], images.device)
+        else:
+            candidates = attack.candidates.to(images.device)
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if attack.config.autocast is not None:
+            autocast = torch.autocast(device_type=images.device.type, dtype=attack.config.autocast)
+        with scoring_mode(self.model) as net, torch.inference_mode(), autocast:
+            clean = check_logits(net(images), images.shape[0]).float()
+        penalty = REGULARIZERS[self.regularizer]
+
+        def objective(logits: Tensor, rows: Tensor) -> Tensor:
+            return penalty(clean[rows], logits)
+
+        scores = score_candidates(self.model, images, labels, candidates, attack.config, objective=objective)
+        result = attack._result(scores, candidates)
+        return dataclasses.replace(
+            result,
+            evaluations=result.evaluations + images.shape[0],
+            exhaustive_evaluations=result.exhaustive_evaluations + images.shape[0],
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"model={type(self.model).__name__}, attack={type(self.attack).__name__}, "
+            f"regularizer={self.regularizer!r}, weight={self.weight}, task_on={self.task_on!r}, "
+            f"attack_objective={self.attack_objective!r}"
+        )
+
+
+def _has_candidates(attack: object) -> bool:
+    return isinstance(attack, WorstOfK | GridSearchRotoTranslation)
+
+
+def _root(model: nn.Module) -> nn.Module:
+    """The module under DDP / DataParallel and ``torch.compile`` wrappers."""
+    while True:
+        inner = unwrap_model(model)
+        inner = getattr(inner, "_orig_mod", inner)
+        if inner is model:
+            return model
+        model = inner
