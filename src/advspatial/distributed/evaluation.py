@@ -163,7 +163,8 @@ def _collect(
 
     return SweepResult(
         name=name,
-        accuracy=right / total if total else float("nan"),
+        # float32 mean, as the single-process sweeps compute it
+        accuracy=float(torch.tensor(right, dtype=torch.float32) / total) if total else float("nan"),
         correct=in_dataset_order(gathered["correct"]),
         labels=in_dataset_order(gathered["labels"]),
         params=in_dataset_order(gathered["params"]),

@@ -20,18 +20,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from advspatial.distributed.context import current_context
 from advspatial.engine.model_state import check_model, model_device, unwrap_model
-from advspatial.errors import positive_int
+from advspatial.errors import AdvSpatialError, positive_int
 
 __all__ = ["fit_distributed", "wrap_ddp"]
 
 BatchTransform = Callable[[Tensor, Tensor], Tensor]
-Criterion = Callable[[nn.Module, Tensor, Tensor], Tensor]
+BatchLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 def wrap_ddp(model: nn.Module, **options: Any) -> nn.Module:
     """``DistributedDataParallel(model)`` when a process group of several ranks runs, else ``model``.
 
     On CUDA the model's device is passed as ``device_ids``. An already wrapped model is returned as is.
+    A model with ``SyncBatchNorm`` on CPU is refused (torch's DDP and SyncBatchNorm need a GPU for it).
 
     Example:
         >>> model = torch.nn.Linear(2, 2)
@@ -44,11 +45,24 @@ def wrap_ddp(model: nn.Module, **options: Any) -> nn.Module:
     device = model_device(model)
     if device is not None and device.type == "cuda":
         options.setdefault("device_ids", [device])
+    elif any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        raise AdvSpatialError(
+            f"model holds SyncBatchNorm layers but is on {device}: torch synchronises batch statistics "
+            "of CUDA (XPU, HPU) tensors only; keep BatchNorm on CPU (each rank normalises with its own "
+            "batch) or train on CUDA"
+        )
     return DistributedDataParallel(model, **options)
 
 
-def _cross_entropy(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(model(images), labels)
+def _check_loss_model(loss_fn: object, ddp: nn.Module) -> None:
+    """A loss that holds a model must hold the DDP wrapper, else its gradients are never averaged."""
+    held = getattr(loss_fn, "model", None)
+    if isinstance(ddp, DistributedDataParallel) and isinstance(held, nn.Module) and held is not ddp:
+        raise AdvSpatialError(
+            f"loss_fn holds the unwrapped {type(held).__name__}: its forward pass would bypass "
+            "DistributedDataParallel and the ranks' gradients would not be averaged; wrap first "
+            "(ddp = wrap_ddp(model)), build the loss with ddp and pass ddp to fit_distributed"
+        )
 
 
 def fit_distributed(
@@ -59,14 +73,14 @@ def fit_distributed(
     batch_size: int = 64,
     lr: float = 3e-3,
     transform: BatchTransform | None = None,
-    criterion: Criterion | None = None,
+    loss_fn: BatchLoss | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> list[float]:
     """:func:`advspatial.training.fit` under DDP: Adam, cosine schedule, a transform per batch.
 
-    Call it on every rank with the same (unwrapped) ``model`` initialisation; the model is wrapped in
-    ``DistributedDataParallel`` for the loop and trained in place. ``batch_size`` is per rank (the
+    Call it on every rank with the same ``model`` initialisation; a plain model is wrapped with
+    :func:`wrap_ddp` for the loop and trained in place. ``batch_size`` is per rank (the
     global batch is ``batch_size * world_size``). Without a process group this is ``fit`` on one
     process (with a ``DistributedSampler`` of one replica).
 
@@ -78,8 +92,10 @@ def fit_distributed(
         transform: ``transform(images, labels) -> images`` on each batch, e.g. a
             :class:`advspatial.WorstOfK` holding ``model`` and a
             :func:`~advspatial.distributed.rank_generator`.
-        criterion: ``criterion(ddp_model, images, labels) -> loss``; cross-entropy by default. Call
-            the model it receives (the DDP wrapper) exactly once per step.
+        loss_fn: ``loss_fn(images, labels) -> loss`` (e.g. an
+            :class:`advspatial.InvarianceRegularizedLoss`); cross-entropy of the model by default. A
+            loss that calls the model must hold the DDP wrapper: ``ddp = wrap_ddp(model)``, build the
+            loss with ``ddp`` and pass ``ddp`` here (a loss holding the plain module is refused).
         seed: seed of the shuffling.
         progress: progress bar on rank 0.
 
@@ -97,7 +113,8 @@ def fit_distributed(
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-    loss_fn = criterion or _cross_entropy
+    if loss_fn is not None:
+        _check_loss_model(loss_fn, ddp)
     history = []
     epoch_iter: Any = range(epochs)
     if progress and context.is_main:
@@ -112,7 +129,7 @@ def fit_distributed(
             images, labels = images.to(device), labels.to(device)
             if transform is not None:
                 images = transform(images, labels)
-            loss = loss_fn(ddp, images, labels)
+            loss = F.cross_entropy(ddp(images), labels) if loss_fn is None else loss_fn(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
