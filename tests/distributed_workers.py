@@ -145,7 +145,7 @@ def _fit_worst_of_k_with_loss(setup: dict[str, Any], out: dict[str, Any]) -> Non
     loss_fn = InvarianceRegularizedLoss(ddp, attack, regularizer="kl")
     data = TensorDataset(setup["train_images"][:64], setup["train_labels"][:64])
     out["fit_history"] = fit_distributed(ddp, data, epochs=1, batch_size=16, loss_fn=loss_fn, seed=0)
-    out["fit_weights"] = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out["fit_weights"] = _state(model)  # parameters and BatchNorm buffers
     out["fit_last_params"] = loss_fn.last.params.clone() if loss_fn.last is not None else None
     try:
         fit_distributed(
@@ -156,7 +156,7 @@ def _fit_worst_of_k_with_loss(setup: dict[str, Any], out: dict[str, Any]) -> Non
         out["fit_unwrapped_loss"] = str(error)
 
 
-def _evaluation(setup: dict[str, Any], out: dict[str, Any]) -> None:
+def _evaluation(setup: dict[str, Any], rank: int, out: dict[str, Any]) -> None:
     model = SmallCNN()
     model.load_state_dict(setup["eval_state"])
     model.eval()
@@ -170,6 +170,13 @@ def _evaluation(setup: dict[str, Any], out: dict[str, Any]) -> None:
         model, data, rotations=11, translations=3, early_exit=False, batch_size=16, **space
     )
     out["eval_worst"] = sharded_worst_of_k_accuracy(model, data, k=5, seed=3, batch_size=16, **space)
+    if rank == 1:
+        model.features[1].running_mean.add_(0.5)  # rank 1 now holds another model
+    try:
+        sharded_search_accuracy(model, data, None, batch_size=16)
+        out["eval_different_models"] = "not detected"
+    except AdvSpatialError as error:
+        out["eval_different_models"] = str(error)
 
 
 def _curriculum(folder: Path, rank: int, out: dict[str, Any]) -> None:
@@ -217,7 +224,7 @@ def worker(rank: int, folder: str, port: int) -> None:
     _no_hooks_or_broadcasts(setup, out)
     _sync_batchnorm(setup, out)
     _fit_worst_of_k_with_loss(setup, out)
-    _evaluation(setup, out)
+    _evaluation(setup, rank, out)
     _curriculum(root, rank, out)
     torch.save(out, root / f"rank{rank}.pt")
     destroy_distributed()

@@ -172,6 +172,11 @@ def test_sharded_worst_of_k_equals_one_process_with_the_same_seed(
     assert WorstOfK(model).box.contains(reference.params).all()
 
 
+def test_sharded_evaluation_refuses_ranks_holding_different_models(ranks: list[dict[str, Any]]) -> None:
+    for out in ranks:
+        assert "the ranks hold different models" in out["eval_different_models"]
+
+
 def test_curriculum_checkpoint_from_rank_0_resumes_on_both_ranks(ranks: list[dict[str, Any]]) -> None:
     for out in ranks:
         assert out["cusp_stage_saved"] == out["cusp_stage_resumed"] == 1

@@ -19,6 +19,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from advspatial.data import load_digits_28
+from advspatial.distributed import (
+    barrier,
+    distributed_session,
+    fit_distributed,
+    get_world_size,
+    is_main_process,
+    launched_by_torchrun,
+    rank_generator,
+    sharded_grid_accuracy,
+    sharded_search_accuracy,
+    sharded_worst_of_k_accuracy,
+    wrap_ddp,
+)
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies, plot_rotation_profiles
 from advspatial.evaluation.rotation_profile import RotationProfile, rotation_profile
@@ -51,19 +64,39 @@ class TrainingRecipe:
     train: Train
 
 
+def _sharded() -> bool:
+    return get_world_size() > 1
+
+
+def _generator(seed: int) -> torch.Generator:
+    """One stream in one process; under torchrun each rank draws its own (reproducibly)."""
+    return rank_generator(seed) if _sharded() else torch.Generator().manual_seed(seed)
+
+
+def _fit(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool, **kw: Any) -> object:
+    """``fit`` in one process; under torchrun DDP with the same global batch of 64 split over ranks."""
+    if _sharded():
+        batch = max(1, 64 // get_world_size())
+        return fit_distributed(
+            model, data, epochs=epochs, batch_size=batch, seed=seed, progress=progress, **kw
+        )
+    return fit(model, data, epochs=epochs, seed=seed, progress=progress, **kw)
+
+
 def _standard(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool) -> object:
-    return fit(model, data, epochs=epochs, seed=seed, progress=progress)
+    return _fit(model, data, epochs, seed, progress)
 
 
 def _worst_of_10(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool) -> object:
-    augment = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(seed))
-    return fit(model, data, epochs=epochs, transform=augment, seed=seed, progress=progress)
+    augment = WorstOfK(model, k=10, generator=_generator(seed))
+    return _fit(model, data, epochs, seed, progress, transform=augment)
 
 
 def _worst_of_10_kl(model: nn.Module, data: Dataset[Any], epochs: int, seed: int, progress: bool) -> object:
-    attack = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(seed))
-    loss_fn = InvarianceRegularizedLoss(model, attack, regularizer="kl", task_on="nat")  # lambda = 8
-    return fit(model, data, epochs=epochs, loss_fn=loss_fn, seed=seed, progress=progress)
+    net = wrap_ddp(model)  # the loss calls the model: under torchrun it must call the DDP wrapper
+    attack = WorstOfK(net, k=10, generator=_generator(seed))
+    loss_fn = InvarianceRegularizedLoss(net, attack, regularizer="kl", task_on="nat")  # lambda = 8
+    return _fit(net, data, epochs, seed, progress, loss_fn=loss_fn)
 
 
 RECIPES: tuple[TrainingRecipe, ...] = (
@@ -120,14 +153,22 @@ def run_demo(
         start = time.perf_counter()
         recipe.train(model, train, epochs, seed, progress)
         seconds = time.perf_counter() - start
-        natural = natural_accuracy(model, loader, progress=progress)
-        rand = random_accuracy(
-            model, loader, generator=torch.Generator().manual_seed(seed + 2), progress=progress
-        )
-        worst = worst_of_k_accuracy(
-            model, loader, k=10, generator=torch.Generator().manual_seed(seed + 1), progress=progress
-        )
-        grid = grid_accuracy(model, loader, early_exit=True, progress=progress)
+        if _sharded():  # the same numbers as one process, each rank scoring its shard
+            natural = sharded_search_accuracy(model, test, None, progress=progress)
+            rand = sharded_worst_of_k_accuracy(
+                model, test, k=1, seed=seed + 2, name="random", progress=progress
+            )
+            worst = sharded_worst_of_k_accuracy(model, test, k=10, seed=seed + 1, progress=progress)
+            grid = sharded_grid_accuracy(model, test, early_exit=True, progress=progress)
+        else:
+            natural = natural_accuracy(model, loader, progress=progress)
+            rand = random_accuracy(
+                model, loader, generator=torch.Generator().manual_seed(seed + 2), progress=progress
+            )
+            worst = worst_of_k_accuracy(
+                model, loader, k=10, generator=torch.Generator().manual_seed(seed + 1), progress=progress
+            )
+            grid = grid_accuracy(model, loader, early_exit=True, progress=progress)
         rows.append(
             DemoRow(
                 name=recipe.name,
@@ -140,7 +181,7 @@ def run_demo(
                 grid_exhaustive_evaluations=grid.exhaustive_evaluations,
             )
         )
-        if output is not None:
+        if output is not None and is_main_process():
             table[recipe.name] = {
                 "natural": natural.accuracy,
                 "random": rand.accuracy,
@@ -151,7 +192,7 @@ def run_demo(
             images, labels = test.tensors[0][:3], test.tensors[1][:3]
             landscape = loss_landscape(model, images, labels)
             landscape.save_plot(Path(output) / f"landscape_{_slug(recipe.name)}.png")
-    if output is not None:
+    if output is not None and is_main_process():
         _write_summary_plots(table, profiles, Path(output))
     return rows
 
@@ -184,13 +225,27 @@ def format_table(rows: list[DemoRow]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if not launched_by_torchrun():
+        return _run(args)
+    # Under torchrun: DDP training and sharded evaluation on CPU (gloo); rank 0 prints and plots.
+    with distributed_session(device="cpu"):
+        code = _run(args)
+        barrier()
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     epochs, test_images = (4, 120) if args.quick else (args.epochs, None)
     output = None if args.no_plots else Path(args.output)
     start = time.perf_counter()
     rows = run_demo(
         epochs=epochs, seed=args.seed, test_images=test_images, progress=not args.no_progress, output=output
     )
+    if not is_main_process():
+        return 0
     count = test_images or 359
+    if _sharded():
+        print(f"DDP over {get_world_size()} processes (gloo), global batch 64")
     print(
         f"Spatial robustness on scikit-learn digits (28 x 28), {epochs} epochs, {count} test images, "
         "+-30 degrees, +-3 px"

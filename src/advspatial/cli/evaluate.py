@@ -5,6 +5,10 @@ and its weights from a state dict saved with ``torch.save(model.state_dict(), fi
 ``torch.load(weights_only=True)``. The images come from an ``ImageFolder`` layout
 (``root/<class>/<image>``) or a torchvision dataset already on disk (never downloaded); the model
 receives them as float ``(B, C, H, W)`` in ``[0, 1]`` (normalise inside the model).
+
+Launched by ``torchrun --nproc_per_node N`` it starts a process group (gloo on CPU, NCCL on CUDA),
+shards the accuracy sweep over the ranks (the same numbers as one process) and rank 0 computes the
+rotation profile and the landscape and writes the report.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from advspatial import __version__
+from advspatial.distributed.context import (
+    DistributedContext,
+    barrier,
+    distributed_session,
+    launched_by_torchrun,
+)
+from advspatial.distributed.evaluation import sharded_robustness_sweep
 from advspatial.errors import AdvSpatialError
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
@@ -197,8 +208,17 @@ def _device(name: str) -> torch.device:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if not launched_by_torchrun():
+        return _evaluate(args, _device(args.device), None)
+    # Under torchrun: gloo on CPU, NCCL on CUDA; the sweep is sharded, rank 0 writes the report.
+    with distributed_session(device=None if args.device == "auto" else _device(args.device)) as context:
+        code = _evaluate(args, context.device, context)
+        barrier()
+    return code
+
+
+def _evaluate(args: argparse.Namespace, device: torch.device, context: DistributedContext | None) -> int:
     start = time.perf_counter()
-    device = _device(args.device)
     model = load_factory_model(args.model)
     if args.weights is not None:
         load_weights(model, args.weights)
@@ -207,18 +227,22 @@ def _main(args: argparse.Namespace) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     progress = not args.no_progress
     space = {"max_rotation": args.max_rotation, "max_translation": args.max_translation}
+    sweep = {
+        "k": args.k,
+        "rotations": args.grid_rotations,
+        "translations": args.grid_translations,
+        "pgd_steps": args.pgd_steps,
+        "seed": args.seed,
+        "progress": progress,
+        **space,
+    }
     try:
-        results = robustness_sweep(
-            model,
-            loader,
-            k=args.k,
-            rotations=args.grid_rotations,
-            translations=args.grid_translations,
-            pgd_steps=args.pgd_steps,
-            seed=args.seed,
-            progress=progress,
-            **space,
-        )
+        if context is None:
+            results = robustness_sweep(model, loader, **sweep)
+        else:
+            results = sharded_robustness_sweep(model, dataset, batch_size=args.batch_size, **sweep)
+            if not context.is_main:
+                return 0
         profile = rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
     except RuntimeError as error:
         if "stack expects each tensor to be equal size" in str(error):
@@ -245,6 +269,7 @@ def _main(args: argparse.Namespace) -> int:
         "model": args.model,
         "weights": args.weights,
         "device": str(device),
+        "world_size": 1 if context is None else context.world_size,
         "data": data_info,
         "attack_space": {
             **space,

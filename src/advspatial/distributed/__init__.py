@@ -37,13 +37,14 @@ from advspatial.distributed.evaluation import (
     sharded_worst_of_k_accuracy,
 )
 from advspatial.distributed.sampling import candidate_table, rank_generator, rank_seed
-from advspatial.distributed.training import fit_distributed, wrap_ddp
+from advspatial.distributed.training import broadcast_model_state, fit_distributed, wrap_ddp
 
 __all__ = [
     "BACKENDS",
     "DistributedContext",
     "IndexedDataset",
     "barrier",
+    "broadcast_model_state",
     "broadcast_object",
     "candidate_table",
     "check_same_stage",

@@ -4,7 +4,9 @@ The dataset is split with ``DistributedSampler(shuffle=False, drop_last=False)``
 last shard by repeating samples so that every rank has the same number. The padding is dropped:
 the counts are all-reduced over the samples each rank *owns* (sampler position ``< len(dataset)``)
 and the per-sample details are all-gathered and put back in dataset order, so every rank returns
-the single-process :class:`advspatial.evaluation.SweepResult`. For a deterministic search (grid,
+the single-process :class:`advspatial.evaluation.SweepResult`. The ranks must hold the same model
+(checked: a per-tensor checksum is compared; see
+:func:`~advspatial.distributed.broadcast_model_state`). For a deterministic search (grid,
 first-order without random start) and for :func:`sharded_worst_of_k_accuracy` (candidates keyed
 by dataset index) the numbers equal those of one process.
 
@@ -107,6 +109,24 @@ def _reduce_sum(values: list[int], context: DistributedContext) -> list[int]:
     return [int(v) for v in total.tolist()]
 
 
+def _check_same_model(model: nn.Module, context: DistributedContext) -> None:
+    """Raise when the ranks hold different parameters or buffers (a float64 checksum per rank)."""
+    if context.world_size == 1:
+        return
+    tensors = [*model.parameters(), *model.buffers()]
+    local = torch.tensor(
+        [float(t.detach().double().abs().sum()) + float(t.detach().double().sum()) for t in tensors] or [0.0],
+        dtype=torch.float64,
+    )
+    sums = _gather(local, context)
+    if not bool((sums == sums[0]).all()):
+        raise AdvSpatialError(
+            "the ranks hold different models (parameters or buffers differ, e.g. BatchNorm running "
+            "statistics after DDP training); call advspatial.distributed.broadcast_model_state(model) "
+            "on every rank before a sharded evaluation"
+        )
+
+
 def _collect(
     name: str, model: nn.Module, dataset: Dataset[Any], step: Step, batch_size: int, progress: bool
 ) -> SweepResult:
@@ -114,6 +134,7 @@ def _collect(
     context = current_context()
     device = model_device(model) or torch.device("cpu")
     total = len(dataset)  # type: ignore[arg-type]
+    _check_same_model(model, context)
     start = time.perf_counter()
     loader = shard_loader(dataset, batch_size=batch_size, context=context)
     batches: Any = loader

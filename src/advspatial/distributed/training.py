@@ -22,7 +22,7 @@ from advspatial.distributed.context import current_context
 from advspatial.engine.model_state import check_model, model_device, unwrap_model
 from advspatial.errors import AdvSpatialError, positive_int
 
-__all__ = ["fit_distributed", "wrap_ddp"]
+__all__ = ["broadcast_model_state", "fit_distributed", "wrap_ddp"]
 
 BatchTransform = Callable[[Tensor, Tensor], Tensor]
 BatchLoss = Callable[[Tensor, Tensor], Tensor]
@@ -52,6 +52,29 @@ def wrap_ddp(model: nn.Module, **options: Any) -> nn.Module:
             "batch) or train on CUDA"
         )
     return DistributedDataParallel(model, **options)
+
+
+def broadcast_model_state(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's model (collective; in place).
+
+    DDP keeps the parameters equal but broadcasts buffers at the *start* of each forward pass, so
+    after training each rank's BatchNorm running statistics hold its own last batch. Call this (as
+    :func:`fit_distributed` does) before evaluating, so every rank evaluates the same model.
+
+    Example:
+        >>> model = torch.nn.BatchNorm1d(3)
+        >>> broadcast_model_state(model)  # no process group: nothing to do
+    """
+    net = unwrap_model(check_model(model))
+    context = current_context()
+    if context.world_size == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            staged = tensor.detach().to(context.device)
+            torch.distributed.broadcast(staged, src=src)
+            if staged is not tensor:
+                tensor.copy_(staged)
 
 
 def _check_loss_model(loss_fn: object, ddp: nn.Module) -> None:
@@ -100,7 +123,8 @@ def fit_distributed(
         progress: progress bar on rank 0.
 
     Returns:
-        The mean training loss of each epoch over all ranks.
+        The mean training loss of each epoch over all ranks. Every rank ends with the same
+        parameters and buffers (rank 0's BatchNorm statistics, see :func:`broadcast_model_state`).
     """
     positive_int(epochs, "epochs", minimum=0)
     positive_int(batch_size, "batch_size")
@@ -138,5 +162,6 @@ def fit_distributed(
         if context.world_size > 1:
             torch.distributed.all_reduce(totals)
         history.append(float(totals[0] / totals[1].clamp(min=1)))
+    broadcast_model_state(ddp)  # BatchNorm statistics of rank 0 everywhere: identical models
     model.eval()
     return history
