@@ -117,6 +117,20 @@ def positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def flag(value: object, name: str) -> bool:
+    """Check that ``value`` is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise AdvSpatialError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def optional_generator(value: object, name: str = "generator") -> torch.Generator | None:
+    """Check that ``value`` is a ``torch.Generator`` or ``None``."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise AdvSpatialError(f"{name} must be a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
 def choice(value: object, name: str, options: Sequence[str]) -> str:
     """Check that ``value`` is one of ``options``."""
     if value not in options:

@@ -11,7 +11,15 @@ from torch import Tensor, nn
 from advspatial.curriculum.pgd import check_clip, check_epsilon, linf_pgd
 from advspatial.curriculum.schedule import CurriculumSchedule
 from advspatial.engine.model_state import check_model, check_same_device
-from advspatial.errors import AdvSpatialError, check_images, check_labels, choice, positive_int
+from advspatial.errors import (
+    AdvSpatialError,
+    check_images,
+    check_labels,
+    choice,
+    flag,
+    optional_generator,
+    positive_int,
+)
 from advspatial.geometry.warp import INTERPOLATIONS, PADDINGS, _warp
 from advspatial.space.box import RotoTranslationBox
 from advspatial.strategies.worst_of_k import WorstOfK
@@ -101,17 +109,13 @@ class CurriculumSpatial:
         self.translation = RotoTranslationBox.of(0.0, max_translation).max_translation
         self.steps = positive_int(steps, "steps", minimum=0)
         self.step_size = None if step_size is None else check_epsilon(step_size, "step_size")
-        if not isinstance(random_start, bool):
-            raise AdvSpatialError(f"random_start must be a bool, got {random_start!r}")
+        flag(random_start, "random_start")
         self.random_start = random_start
         self.spatial = choice(spatial, "spatial", SPATIAL)
         self.k = positive_int(k, "k")
         self.adversarial = choice(adversarial, "adversarial", ADVERSARIAL)
         self.clip = check_clip(clip)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise AdvSpatialError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        optional_generator(generator)
         self.generator = generator
         self.interpolation = choice(interpolation, "interpolation", INTERPOLATIONS)
         self.padding = choice(padding, "padding", PADDINGS)

@@ -16,6 +16,8 @@ from advspatial.errors import (
     check_labels,
     check_logits,
     choice,
+    flag,
+    optional_generator,
     positive_int,
 )
 
@@ -98,10 +100,8 @@ def linf_pgd(
     step = 2.5 * eps / max(steps, 1) if step_size is None else check_epsilon(step_size, "step_size")
     objective = choice(objective, "objective", OBJECTIVES)
     bounds = check_clip(clip)
-    if not isinstance(random_start, bool):
-        raise AdvSpatialError(f"random_start must be a bool, got {random_start!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise AdvSpatialError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    flag(random_start, "random_start")
+    optional_generator(generator)
     batch = images.shape[0]
     if labels is not None:
         labels = check_labels(labels, batch, images.device)

@@ -11,7 +11,14 @@ from torch import Tensor, nn
 from advspatial.engine.model_state import scoring_mode
 from advspatial.engine.objectives import per_sample_objective
 from advspatial.engine.search import _targets
-from advspatial.errors import AdvSpatialError, check_label_range, check_logits, positive_int, symmetric_range
+from advspatial.errors import (
+    check_label_range,
+    check_logits,
+    flag,
+    optional_generator,
+    positive_int,
+    symmetric_range,
+)
 from advspatial.geometry.warp import _warp
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
@@ -79,12 +86,8 @@ class SpatialPGD(SpatialSearch):
             self.step_size = tuple(2.5 * h / max(self.steps, 1) for h in self.box.half_widths)
         else:
             self.step_size = symmetric_range(step_size, "step_size", 3)
-        if not isinstance(random_start, bool):
-            raise AdvSpatialError(f"random_start must be a bool, got {random_start!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise AdvSpatialError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        flag(random_start, "random_start")
+        optional_generator(generator)
         self.random_start = random_start
         self.generator = generator
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import AdvSpatialError
+from advspatial.errors import flag
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 
@@ -75,8 +75,7 @@ class GridSearchRotoTranslation(SpatialSearch):
             chunk_size=chunk_size,
             autocast=autocast,
         )
-        if not isinstance(early_exit, bool):
-            raise AdvSpatialError(f"early_exit must be a bool, got {early_exit!r}")
+        flag(early_exit, "early_exit")
         self.rotations = rotations
         self.translations = translations
         self.early_exit = early_exit

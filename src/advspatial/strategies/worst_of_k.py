@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import AdvSpatialError, positive_int
+from advspatial.errors import flag, optional_generator, positive_int
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 
@@ -80,12 +80,8 @@ class WorstOfK(SpatialSearch):
             autocast=autocast,
         )
         self.k = positive_int(k, "k")
-        if not isinstance(include_identity, bool):
-            raise AdvSpatialError(f"include_identity must be a bool, got {include_identity!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise AdvSpatialError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        flag(include_identity, "include_identity")
+        optional_generator(generator)
         self.include_identity = include_identity
         self.generator = generator
 
