@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from advspatial import __version__
-from advspatial.cli import demo
+from advspatial.cli import benchmark, demo
 
 __all__ = ["main"]
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advspatial", description="Model-aware spatial robustness.")
     parser.add_argument("--version", action="version", version=f"advspatial {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    benchmark.add_parser(subparsers)
     demo.add_parser(subparsers)
     return parser
 

@@ -88,7 +88,9 @@ def score_until_fooled(
     device = losses.device
     kernel = _kernel(candidates.float())
     prior = torch.empty(count, device=device)
-    prior[prior_order(candidates)] = torch.arange(count, 0, -1, device=device, dtype=prior.dtype) / (count + 1)
+    prior[prior_order(candidates)] = torch.arange(count, 0, -1, device=device, dtype=prior.dtype) / (
+        count + 1
+    )
     labels, groups = torch.unique(classes, return_inverse=True)
     fools = torch.zeros(labels.shape[0], count, device=device)
     tries = torch.zeros_like(fools)

@@ -180,4 +180,3 @@ def score_candidates(
             score_until_fooled(scorer, shared, targets.classes, losses, correct, scored)
     exhaustive = batch * count + (batch if labels is None else 0)
     return Scores(losses, correct, scored, scorer.evaluations, exhaustive)
-

@@ -22,7 +22,9 @@ PADDINGS: tuple[str, ...] = ("zeros", "border", "reflection")
 def _sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
     """``F.affine_grid(theta, (N, 1, H, W), align_corners=False)`` by broadcasting (no batched matmul)."""
     xs = torch.linspace(1.0 / width - 1.0, 1.0 - 1.0 / width, width, device=theta.device, dtype=theta.dtype)
-    ys = torch.linspace(1.0 / height - 1.0, 1.0 - 1.0 / height, height, device=theta.device, dtype=theta.dtype)
+    ys = torch.linspace(
+        1.0 / height - 1.0, 1.0 - 1.0 / height, height, device=theta.device, dtype=theta.dtype
+    )
     coefficients = theta[:, :, :, None, None]  # (N, 2, 3, 1, 1)
     grid = coefficients[:, :, 0] * xs + coefficients[:, :, 1] * ys[:, None] + coefficients[:, :, 2]
     return grid.permute(0, 2, 3, 1)  # (N, H, W, 2)
