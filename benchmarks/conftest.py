@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import subprocess
 import time
@@ -55,6 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "commit": commit or "unknown",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
@@ -78,3 +81,54 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
     terminalreporter.write_line("|---|---|---|")
     for row in ROWS:
         terminalreporter.write_line("| " + " | ".join(row) + " |")
+    write_results(meta, Path(os.environ.get("ADVSPATIAL_BENCH_OUT", Path(__file__).parent / "results")))
+
+
+def markdown_table(meta: dict[str, object]) -> str:
+    """The recorded rows as a Markdown table headed by the run's metadata."""
+    lines = [
+        f"advspatial benchmarks (commit {meta['commit']}, torch {meta['torch']}, "
+        f"{meta['threads']} threads, {meta['device']})",
+        "",
+        "| benchmark | measured | value |",
+        "|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in ROWS]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(meta: dict[str, object], folder: Path) -> None:
+    """Write ``latest.json`` (metadata and rows) and ``latest.md`` (the table) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"benchmark": name, "measured": measured, "value": value} for name, measured, value in ROWS]
+    (folder / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (folder / "latest.md").write_text(markdown_table(meta))
+
+
+@pytest.fixture(scope="session")
+def digits_models() -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
+    """(a) a SmallCNN trained 8 epochs the standard way and (b) 12 epochs with uniform random
+    roto-translations in +-30 degrees, +-3 px; each with the 359 digits test images and labels."""
+    from advspatial import RotoTranslationBox, roto_translate
+    from advspatial.data import load_digits_28
+    from advspatial.models import SmallCNN
+    from advspatial.training import fit
+
+    train, test = load_digits_28()
+    images, labels = test.tensors
+    box = RotoTranslationBox.of(30.0, 3.0)
+    draws = torch.Generator().manual_seed(1)
+
+    def augment(batch: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return roto_translate(batch, box.sample((batch.shape[0],), generator=draws))
+
+    torch.manual_seed(0)
+    standard = SmallCNN()
+    fit(standard, train, epochs=8, seed=0)
+    torch.manual_seed(0)
+    augmented = SmallCNN()
+    fit(augmented, train, epochs=12, seed=0, transform=augment)
+    return {
+        "standard": (standard.eval(), images, labels),
+        "augmented": (augmented.eval(), images, labels),
+    }

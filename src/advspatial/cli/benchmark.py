@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from advspatial.cli.benchmark_suite import add_arguments, run_suite
 from advspatial.cli.evaluate import _count, _device
 from advspatial.evaluation.throughput import SearchCost, measure_search_cost
 from advspatial.models import SmallCNN, resnet18_cifar
@@ -82,6 +83,8 @@ def format_costs(rows: list[tuple[BenchmarkCase, SearchCost]]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.suite:
+        return run_suite(args)
     device = _device(args.device)
     start = time.perf_counter()
     rows = run_benchmark(cases(args.quick), device, rounds=1 if args.quick else args.rounds)
@@ -101,4 +104,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--quick", action="store_true", help="small batches, one round: a smoke test")
     parser.add_argument("--rounds", type=_count(1), default=3, help="timed rounds per case (default 3)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_arguments(parser)
     parser.set_defaults(handler=_main)

@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advspatial", description="Model-aware spatial robustness.")
     parser.add_argument("--version", action="version", version=f"advspatial {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    benchmark.add_parser(subparsers)
     demo.add_parser(subparsers)
     evaluate.add_parser(subparsers)
-    benchmark.add_parser(subparsers)
     return parser
 
 

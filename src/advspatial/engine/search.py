@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from advspatial.engine.chunking import default_chunk_size, is_out_of_memory
 from advspatial.engine.model_state import check_same_device, scoring_mode
 from advspatial.engine.objectives import Targets, per_sample_objective
+from advspatial.engine.ordering import score_until_fooled
 from advspatial.errors import AdvSpatialError, check_label_range, check_logits
 from advspatial.geometry.warp import _warp
 
@@ -150,15 +151,6 @@ def _targets(net: nn.Module, images: Tensor, labels: Tensor | None, config: Scor
     return Targets(classes=log_probs.argmax(dim=1).clone(), reference_log_probs=log_probs.clone())
 
 
-def _priority(candidates: Tensor) -> Tensor:
-    """Initial try order for early exit: the identity first, then the largest transforms."""
-    shared = candidates if candidates.ndim == 2 else candidates[0]
-    scale = shared.abs().amax(dim=0).clamp(min=1e-12)
-    size = (shared.abs() / scale).sum(dim=1)
-    size = torch.where(size == 0, torch.full_like(size, torch.inf), size)
-    return torch.argsort(size, descending=True, stable=True)
-
-
 def score_candidates(
     model: nn.Module,
     images: Tensor,
@@ -179,8 +171,8 @@ def score_candidates(
         candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``.
         config: warping and chunking options.
         early_exit: accuracy only: stop scoring an image once a candidate fools the model. Pairs are
-            tried in an adaptive order (candidates that fooled other images first), each image's
-            allowance doubling per round, and packed into full chunks.
+            tried in an adaptive order (see :mod:`advspatial.engine.ordering`) and packed into
+            full chunks; the robust set is exactly the exhaustive one.
 
     Returns:
         :class:`Scores` with ``(B, K)`` losses and correctness.
@@ -206,34 +198,7 @@ def score_candidates(
             correct.copy_(ok.view(batch, count))
             scored.fill_(True)
         else:
-            _score_until_fooled(scorer, losses, correct, scored, _priority(candidates))
+            shared = candidates if candidates.ndim == 2 else candidates[0]
+            score_until_fooled(scorer, shared, targets.classes, losses, correct, scored)
     exhaustive = batch * count + (batch if labels is None else 0)
     return Scores(losses, correct, scored, scorer.evaluations, exhaustive)
-
-
-def _score_until_fooled(
-    scorer: _Scorer, losses: Tensor, correct: Tensor, scored: Tensor, order: Tensor
-) -> None:
-    """Rounds of scoring; each live image gets as many new candidates as it has survived (at least 1)."""
-    count = losses.shape[1]
-    fool_counts = torch.zeros(count, device=losses.device)
-    prior = torch.empty(count, device=losses.device)
-    prior[order] = torch.arange(count, 0, -1, device=losses.device, dtype=prior.dtype) / (count + 1)
-    while True:
-        tried = scored.sum(dim=1)
-        alive = correct.all(dim=1) & (tried < count)
-        live = alive.nonzero().squeeze(1)
-        if live.numel() == 0:
-            return
-        # Candidates that fooled more images go first; ties keep the prior order.
-        ranking = torch.argsort(fool_counts + prior, descending=True, stable=True)
-        untried = ~scored[live][:, ranking]
-        allowance = tried[live].clamp(min=1).unsqueeze(1)
-        pick = untried & (untried.cumsum(dim=1) <= allowance)
-        live_pos, rank_pos = pick.nonzero(as_tuple=True)
-        rows, cols = live[live_pos], ranking[rank_pos]
-        loss, ok = scorer.score(rows, cols)
-        losses[rows, cols] = loss
-        correct[rows, cols] = ok
-        scored[rows, cols] = True
-        fool_counts.index_add_(0, cols, (~ok).float())

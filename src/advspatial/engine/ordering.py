@@ -1,0 +1,127 @@
+"""Adaptive try order for early exit: which (image, candidate) pairs to score next (part of layer 3).
+
+Early exit stops scoring an image once one candidate fools the model, so the order in which an
+image's candidates are tried decides the cost and never the answer. The order here learns online,
+within one search, from three signals that cost no forward pass:
+
+- **Fool rates per class.** Candidates that fooled earlier images of the same (label or predicted)
+  class go first, smoothed towards the rate over all classes and, before any evidence, towards a
+  prior (the largest transforms first, the identity last).
+- **Neighbouring candidates.** Evidence is shared between nearby transforms with a Gaussian kernel
+  over the grid normalised to ``[-1, 1]`` per axis: fooling rarely depends on one exact angle.
+- **What this image survived.** A candidate next to one the image already withstood is tried later.
+
+Images are admitted in doubling cohorts (32, 64, ...) so early images teach the later ones, and
+each live image gets as many new candidates per round as it has survived (at least one), packed
+into full chunks by the scorer.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["prior_order", "score_until_fooled"]
+
+_FIRST_COHORT = 32
+_KERNEL_WIDTH = 0.15
+_SURVIVAL_PENALTY = 0.5
+_CLASS_SMOOTHING = 1.0
+_MAX_KERNEL_CANDIDATES = 2048
+
+
+class PairScorer(Protocol):
+    """What :func:`score_until_fooled` needs from the engine's scorer."""
+
+    def score(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+def prior_order(candidates: Tensor) -> Tensor:
+    """Candidate indices, largest transforms first and the identity last (the order before evidence).
+
+    Args:
+        candidates: ``(K, 3)`` rows ``(angle, tx, ty)``; each axis is scaled by its largest magnitude.
+
+    Returns:
+        ``(K,)`` long permutation.
+
+    Example:
+        >>> prior_order(torch.tensor([[0.0, 0.0, 0.0], [10.0, 1.0, 0.0], [30.0, 3.0, 3.0]]))
+        tensor([2, 1, 0])
+    """
+    scale = candidates.abs().amax(dim=0).clamp(min=1e-12)
+    size = (candidates.abs() / scale).sum(dim=1)
+    return torch.argsort(size, descending=True, stable=True)
+
+
+def _kernel(candidates: Tensor) -> Tensor | None:
+    if candidates.shape[0] > _MAX_KERNEL_CANDIDATES:
+        return None
+    unit = candidates / candidates.abs().amax(dim=0).clamp(min=1e-12)
+    return torch.exp(-torch.cdist(unit, unit).square() / (2 * _KERNEL_WIDTH**2))
+
+
+def score_until_fooled(
+    scorer: PairScorer,
+    candidates: Tensor,
+    classes: Tensor,
+    losses: Tensor,
+    correct: Tensor,
+    scored: Tensor,
+) -> None:
+    """Score pairs until every image is fooled once or has had every candidate scored.
+
+    Fills ``losses``, ``correct`` and ``scored`` (all ``(B, K)``) in place. Exact: an image ends
+    with ``correct.all(dim=1)`` true only if all K candidates were scored and right.
+
+    Args:
+        scorer: scores ``(rows, cols)`` pairs in chunks, returning ``(loss, correct)``.
+        candidates: ``(K, 3)`` rows used for the order only (the first image's set if per-image).
+        classes: ``(B,)`` long labels or predicted classes, used to share evidence within a class.
+        losses: ``(B, K)`` output, ``-inf`` where not scored.
+        correct: ``(B, K)`` output, ``True`` where right or not scored.
+        scored: ``(B, K)`` output.
+    """
+    batch, count = losses.shape
+    device = losses.device
+    kernel = _kernel(candidates.float())
+    prior = torch.empty(count, device=device)
+    prior[prior_order(candidates)] = torch.arange(count, 0, -1, device=device, dtype=prior.dtype) / (
+        count + 1
+    )
+    labels, groups = torch.unique(classes, return_inverse=True)
+    fools = torch.zeros(labels.shape[0], count, device=device)
+    tries = torch.zeros_like(fools)
+    admitted = min(batch, _FIRST_COHORT)
+    while True:
+        tried = scored.sum(dim=1)
+        alive = correct.all(dim=1) & (tried < count)
+        alive[admitted:] = False
+        live = alive.nonzero().squeeze(1)
+        if live.numel() == 0:
+            if admitted >= batch:
+                return
+            admitted = min(batch, admitted * 2)
+            continue
+        fooled_near, tried_near = (fools @ kernel, tries @ kernel) if kernel is not None else (fools, tries)
+        overall = (fooled_near.sum(dim=0) + prior) / (tried_near.sum(dim=0) + 1)
+        rate = (fooled_near + _CLASS_SMOOTHING * overall) / (tried_near + _CLASS_SMOOTHING)
+        score = rate[groups[live]]
+        if kernel is not None:
+            survived = (scored[live] & correct[live]).float()
+            score = score * (1 - _SURVIVAL_PENALTY * (survived @ kernel).clamp(max=1.0))
+        ranking = torch.argsort(score + 1e-9 * prior, dim=1, descending=True, stable=True)
+        untried = ~scored[live].gather(1, ranking)
+        allowance = tried[live].clamp(min=1).unsqueeze(1)
+        pick = untried & (untried.cumsum(dim=1) <= allowance)
+        live_pos, rank_pos = pick.nonzero(as_tuple=True)
+        rows, cols = live[live_pos], ranking[live_pos, rank_pos]
+        loss, ok = scorer.score(rows, cols)
+        losses[rows, cols] = loss
+        correct[rows, cols] = ok
+        scored[rows, cols] = True
+        fools.index_put_((groups[rows], cols), (~ok).to(fools.dtype), accumulate=True)
+        tries.index_put_((groups[rows], cols), torch.ones_like(cols, dtype=fools.dtype), accumulate=True)
+        admitted = min(batch, admitted * 2)
