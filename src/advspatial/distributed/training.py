@@ -9,23 +9,19 @@ weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from advspatial.distributed.context import current_context
 from advspatial.engine.model_state import check_model, model_device, unwrap_model
 from advspatial.errors import AdvSpatialError, positive_int
+from advspatial.training.fit import BatchLoss, BatchTransform, train_one_epoch
 
 __all__ = ["broadcast_model_state", "fit_distributed", "wrap_ddp"]
-
-BatchTransform = Callable[[Tensor, Tensor], Tensor]
-BatchLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 def wrap_ddp(model: nn.Module, **options: Any) -> nn.Module:
@@ -147,18 +143,10 @@ def fit_distributed(
         epoch_iter = tqdm(epoch_iter, desc="train", unit="epoch", leave=False)
     for epoch in epoch_iter:
         sampler.set_epoch(epoch)
-        ddp.train()
-        totals = torch.zeros(2, dtype=torch.float64, device=context.device)
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            if transform is not None:
-                images = transform(images, labels)
-            loss = F.cross_entropy(ddp(images), labels) if loss_fn is None else loss_fn(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            totals += torch.tensor([float(loss.detach()) * len(labels), len(labels)], device=context.device)
+        total, seen = train_one_epoch(
+            ddp, loader, optimizer, scheduler, device=device, transform=transform, loss_fn=loss_fn
+        )
+        totals = torch.tensor([total, seen], dtype=torch.float64, device=context.device)
         if context.world_size > 1:
             torch.distributed.all_reduce(totals)
         history.append(float(totals[0] / totals[1].clamp(min=1)))

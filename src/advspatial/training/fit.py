@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["fit"]
+__all__ = ["fit", "train_one_epoch"]
 
 BatchTransform = Callable[[Tensor, Tensor], Tensor]
 BatchLoss = Callable[[Tensor, Tensor], Tensor]
@@ -49,19 +49,40 @@ def fit(
 
         epoch_iter = tqdm(epoch_iter, desc="train", unit="epoch", leave=False)
     for _ in epoch_iter:
-        model.train()
-        total, seen = 0.0, 0
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            if transform is not None:
-                images = transform(images, labels)
-            loss = F.cross_entropy(model(images), labels) if loss_fn is None else loss_fn(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(labels)
-            seen += len(labels)
+        total, seen = train_one_epoch(
+            model, loader, optimizer, scheduler, device=device, transform=transform, loss_fn=loss_fn
+        )
         history.append(total / max(seen, 1))
     model.eval()
     return history
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    device: torch.device,
+    transform: BatchTransform | None = None,
+    loss_fn: BatchLoss | None = None,
+) -> tuple[float, int]:
+    """One pass over ``loader`` in training mode, stepping ``scheduler`` per batch.
+
+    Returns:
+        ``(sum of batch loss x batch size, number of samples)``.
+    """
+    model.train()
+    total, seen = 0.0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        if transform is not None:
+            images = transform(images, labels)
+        loss = F.cross_entropy(model(images), labels) if loss_fn is None else loss_fn(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(labels)
+        seen += len(labels)
+    return total, seen
