@@ -60,6 +60,19 @@ def test_pgd_accuracy_decreases_with_eps_and_eps_zero_is_natural(
     assert 0.0 <= at_eight <= natural
 
 
+def test_profile_plot_is_a_png_of_the_stated_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from advspatial.evaluation.profiles import Profile
+
+    profile = Profile(levels=(0.0, 0.1, 0.2), agreement=(1.0, 0.6, 0.2), accuracy=(0.9, 0.5, 0.1))
+    path = profile.save_plot(tmp_path / "plots" / "pgd.png", xlabel="eps")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (640, 400)
+        assert len(image.convert("L").getcolors(maxcolors=65536) or ()) > 10, "the plot is blank"
+
+
 @pytest.mark.slow
 def test_rotation_metrics_match_a_brute_force_loop(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]
     model, test = trained

@@ -16,6 +16,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from advspatial.evaluation.landscape import LossLandscape
+    from advspatial.evaluation.profiles import Profile
     from advspatial.evaluation.rotation_profile import RotationProfile
     from advspatial.evaluation.sweeps import SweepResult
 
@@ -24,6 +25,7 @@ __all__ = [
     "plot_accuracies",
     "plot_chosen_transforms",
     "plot_landscape",
+    "plot_profiles",
     "plot_rotation_profiles",
 ]
 
@@ -124,6 +126,36 @@ def plot_rotation_profiles(profiles: Mapping[str, RotationProfile], path: str | 
     for axes in (left, right):
         axes.set_ylim(0, 105)
         axes.legend(fontsize=8, loc="lower left")
+    return _save(figure, path)
+
+
+def plot_profiles(profiles: Mapping[str, Profile], path: str | Path, *, xlabel: str) -> Path:
+    """Agreement (solid) and accuracy (dashed) of each :class:`Profile` over its levels; 640 x 400 PNG.
+
+    Args:
+        profiles: ``{model name: profile}`` from :func:`invariance_profile` or
+            :func:`robustness_profile`.
+        path: where the PNG goes (folders are created).
+        xlabel: what the levels are, e.g. ``"rotation range theta (degrees)"`` or ``"eps"``.
+    """
+    figure = _figure(640, 400)
+    axes = figure.subplots()
+    for name, profile in profiles.items():
+        (line,) = axes.plot(
+            profile.levels, [100 * a for a in profile.agreement], marker="o", label=f"{name}: f(x') = f(x)"
+        )
+        axes.plot(
+            profile.levels,
+            [100 * a for a in profile.accuracy],
+            marker="x",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name}: f(x') = y",
+        )
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("% of images")
+    axes.set_ylim(0, 105)
+    axes.legend(fontsize=8)
     return _save(figure, path)
 
 

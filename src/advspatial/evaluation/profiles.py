@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,12 @@ class Profile:
     def rows(self) -> Iterator[tuple[float, float, float]]:
         """``(level, agreement, accuracy)`` rows, e.g. for a table."""
         return zip(self.levels, self.agreement, self.accuracy, strict=True)
+
+    def save_plot(self, path: str | Path, *, xlabel: str, label: str = "model") -> Path:
+        """Draw agreement and accuracy over the levels to a 640 x 400 PNG (needs matplotlib)."""
+        from advspatial.evaluation.plots import plot_profiles
+
+        return plot_profiles({label: self}, path, xlabel=xlabel)
 
 
 def _batches(
