@@ -18,12 +18,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from advspatial import GridSearchRotoTranslation, InvarianceRegularizedLoss, WorstOfK
 from advspatial.data import load_digits_28
 from advspatial.evaluation import evaluate_accuracy
 from advspatial.models import SmallCNN
+from advspatial.training import fit
 
 LossFactory = Callable[[nn.Module, int], Callable[[Tensor, Tensor], Tensor]]
 
@@ -63,18 +64,8 @@ def train(
     epochs: int,
     seed: int,
 ) -> None:
-    loader = DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
-    for _ in range(epochs):
-        model.train()
-        for images, labels in loader:
-            loss = loss_fn(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
+    """``advspatial.training.fit`` (Adam 3e-3, cosine, batch 64) with a given loss."""
+    fit(model, dataset, epochs=epochs, batch_size=64, lr=3e-3, loss_fn=loss_fn, seed=seed)
 
 
 def main() -> None:

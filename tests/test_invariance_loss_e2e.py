@@ -12,30 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from advspatial import GridSearchRotoTranslation, InvarianceRegularizedLoss, WorstOfK
 from advspatial.data import load_digits_28
 from advspatial.evaluation import evaluate_accuracy
 from advspatial.models import SmallCNN
+from advspatial.training import fit
 
 EPOCHS, SEED, GRID_IMAGES = 6, 0, 60
 
 
 def train(model: nn.Module, dataset: TensorDataset, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
-    """The loop of ``advspatial.training.fit`` (Adam 3e-3, cosine, batch 64) with a given loss."""
-    loader = DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(SEED))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS * len(loader))
-    for _ in range(EPOCHS):
-        model.train()
-        for images, labels in loader:
-            loss = loss_fn(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
+    """``advspatial.training.fit`` (Adam 3e-3, cosine, batch 64) with a given loss."""
+    fit(model, dataset, epochs=EPOCHS, batch_size=64, lr=3e-3, loss_fn=loss_fn, seed=SEED)
 
 
 def attack(model: nn.Module) -> WorstOfK:
