@@ -176,8 +176,14 @@ def init_distributed(
 
 
 def destroy_distributed() -> None:
-    """Destroy the default process group if one is running."""
+    """Destroy the default process group if one is running, after every rank has reached this point.
+
+    The barrier keeps a rank from tearing down its gloo connections while a peer still uses them
+    (which can abort the peer with "terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
