@@ -104,11 +104,17 @@ class _Scorer:
             if self.objective is not None:
                 loss = _custom_objective(self.objective, logits, rows)
         self.evaluations += int(rows.shape[0])
-        return loss.clone(), correct.clone()
+        return loss, correct
 
     def score(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-        """Score the pairs ``(rows[i], cols[i])`` in chunks; halves the chunk on out-of-memory."""
-        losses, corrects = [], []
+        """Score the pairs ``(rows[i], cols[i])`` in chunks; halves the chunk on out-of-memory.
+
+        Results are written into two tensors allocated up front: a list of small per-chunk
+        results kept alive between the large activation buffers fragments the CPU heap, and the
+        process then grows with the number of chunks instead of staying at one chunk's peak.
+        """
+        losses = torch.empty(rows.shape[0], device=self.images.device)
+        corrects = torch.empty(rows.shape[0], dtype=torch.bool, device=self.images.device)
         start = 0
         while start < rows.shape[0]:
             stop = min(start + self.chunk_size, rows.shape[0])
@@ -119,13 +125,10 @@ class _Scorer:
                     raise
                 self.chunk_size = max(1, self.chunk_size // 2)
                 continue
-            losses.append(loss)
-            corrects.append(correct)
+            losses[start:stop] = loss
+            corrects[start:stop] = correct
             start = stop
-        if not losses:
-            empty = torch.empty(0, device=self.images.device)
-            return empty, empty.bool()
-        return torch.cat(losses), torch.cat(corrects)
+        return losses, corrects
 
 
 def _custom_objective(objective: CandidateObjective, logits: Tensor, rows: Tensor) -> Tensor:
