@@ -21,15 +21,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from advspatial.distributed.context import DistributedContext, current_context
 from advspatial.distributed.sampling import candidate_table
-from advspatial.engine.model_state import check_model, model_device, scoring_mode
+from advspatial.engine.model_state import check_model, model_device
 from advspatial.engine.search import score_candidates
 from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
+from advspatial.evaluation.outcomes import (
+    Outcome,
+    OutcomeRows,
+    natural_outcome,
+    result_outcome,
+    search_outcome,
+)
 from advspatial.evaluation.sweeps import SweepResult
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
@@ -45,8 +51,8 @@ __all__ = [
     "sharded_worst_of_k_accuracy",
 ]
 
-# step(images, labels, indices) -> correct, params, loss, evaluations, exhaustive evaluations
-Step = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, int, int]]
+# step(images, labels, indices) -> the batch's outcome
+Step = Callable[[Tensor, Tensor, Tensor], Outcome]
 
 
 class IndexedDataset(Dataset[tuple[Any, Any, int]]):
@@ -142,37 +148,26 @@ def _collect(
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc=name, unit="batch", leave=False)
-    indices, correct, labels, params, losses = [], [], [], [], []
-    evaluations = exhaustive = 0
+    indices: list[Tensor] = []
+    rows = OutcomeRows()
     for images, targets, index in batches:
         images = check_images(images).to(device)
         targets = check_labels(targets, images.shape[0], device)
-        ok, chosen, loss, spent, full = step(images, targets, index)
+        rows.add(step(images, targets, index), targets)
         indices.append(index.long())
-        correct.append(ok.cpu())
-        labels.append(targets.cpu())
-        params.append(chosen.detach().float().cpu())
-        losses.append(loss.detach().float().cpu())
-        evaluations += spent
-        exhaustive += full
+    local = rows.tensors()
     local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-    local_correct = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    local_correct = local["correct"]
     # Sampler position of each local sample; positions past the dataset are the sampler's padding.
     positions = context.rank + context.world_size * torch.arange(local_index.numel())
     owned = positions < total
     right, counted, evaluations, exhaustive = _reduce_sum(
-        [int(local_correct[owned].sum()), int(owned.sum()), evaluations, exhaustive], context
+        [int(local_correct[owned].sum()), int(owned.sum()), rows.evaluations, rows.exhaustive_evaluations],
+        context,
     )
     if counted != total:
         raise AdvSpatialError(f"the shards hold {counted} samples, expected len(dataset) = {total}")
-    local = {
-        "index": local_index,
-        "owned": owned,
-        "correct": local_correct,
-        "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-        "params": torch.cat(params) if params else torch.zeros(0, 3),
-        "loss": torch.cat(losses) if losses else torch.zeros(0),
-    }
+    local.update(index=local_index, owned=owned)
     gathered = {key: _gather(value, context).flatten(0, 1) for key, value in local.items()}
     keep = gathered["owned"]
     order = gathered["index"][keep]
@@ -194,17 +189,6 @@ def _collect(
         exhaustive_evaluations=exhaustive,
         seconds=time.perf_counter() - start,
     )
-
-
-def _natural_step(model: nn.Module) -> Step:
-    def step(images: Tensor, labels: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int]:
-        with scoring_mode(model) as net, torch.inference_mode():
-            logits = net(images).float()
-            loss = F.cross_entropy(logits, labels, reduction="none").clone()
-            ok = (logits.argmax(dim=1) == labels).clone()
-        return ok, torch.zeros(len(labels), 3), loss, len(labels), len(labels)
-
-    return step
 
 
 def sharded_search_accuracy(
@@ -239,7 +223,11 @@ def sharded_search_accuracy(
         (torch.Size([6]), 18)
     """
     if search is None:
-        return _collect(name or "natural", model, dataset, _natural_step(model), batch_size, progress)
+
+        def natural(images: Tensor, labels: Tensor, index: Tensor) -> Outcome:
+            return natural_outcome(model, images, labels)
+
+        return _collect(name or "natural", model, dataset, natural, batch_size, progress)
     if not isinstance(search, SpatialSearch):
         raise AdvSpatialError(
             f"search must be an advspatial.SpatialSearch or None, got {type(search).__name__}"
@@ -247,11 +235,10 @@ def sharded_search_accuracy(
     if search.model is not model:
         raise AdvSpatialError("search must hold the same model object that is evaluated")
 
-    def step(images: Tensor, labels: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int]:
-        result = search.search(images, labels)
-        return result.correct, result.params, result.loss, result.evaluations, result.exhaustive_evaluations
+    def searched(images: Tensor, labels: Tensor, index: Tensor) -> Outcome:
+        return search_outcome(search, images, labels)
 
-    return _collect(name or "search", model, dataset, step, batch_size, progress)
+    return _collect(name or "search", model, dataset, searched, batch_size, progress)
 
 
 def sharded_worst_of_k_accuracy(
@@ -281,11 +268,10 @@ def sharded_worst_of_k_accuracy(
     search = WorstOfK(model, k=k, max_rotation=max_rotation, max_translation=max_translation)
     table = candidate_table(search.box, len(dataset), k, seed)  # type: ignore[arg-type]
 
-    def step(images: Tensor, labels: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    def step(images: Tensor, labels: Tensor, index: Tensor) -> Outcome:
         candidates = table[index].to(images.device)
         scores = score_candidates(model, images, labels, candidates, search.config)
-        result = search._result(scores, candidates)
-        return result.correct, result.params, result.loss, result.evaluations, result.exhaustive_evaluations
+        return result_outcome(search._result(scores, candidates))
 
     return _collect(name or f"worst_of_{k}", model, dataset, step, batch_size, progress)
 

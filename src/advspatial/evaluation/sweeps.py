@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advspatial.engine.model_state import check_model, model_device, scoring_mode
+from advspatial.engine.model_state import check_model, model_device
 from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
+from advspatial.evaluation.outcomes import Outcome, OutcomeRows, natural_outcome, search_outcome
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
 from advspatial.strategies.grid import GridSearchRotoTranslation
@@ -109,36 +110,22 @@ def _iterate(loader: Batches, progress: bool, desc: str) -> Iterable[Any]:
 
 
 def _collect(
-    name: str,
-    model: nn.Module,
-    loader: Batches,
-    step: Any,
-    progress: bool,
+    name: str, model: nn.Module, loader: Batches, step: Callable[[Tensor, Tensor], Outcome], progress: bool
 ) -> SweepResult:
     check_model(model)
     device = model_device(model) or torch.device("cpu")
     start = time.perf_counter()
-    correct, labels, params, losses = [], [], [], []
-    evaluations = exhaustive = 0
+    rows = OutcomeRows()
     for batch in _iterate(loader, progress, name):
         images, targets = _batch_pair(batch, device)
-        ok, chosen, loss, spent, full = step(images, targets)
-        correct.append(ok.cpu())
-        labels.append(targets.cpu())
-        params.append(chosen.detach().float().cpu())
-        losses.append(loss.detach().float().cpu())
-        evaluations += spent
-        exhaustive += full
-    flags = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+        rows.add(step(images, targets), targets)
+    found = rows.tensors()
     return SweepResult(
         name=name,
-        accuracy=float(flags.float().mean()) if flags.numel() else float("nan"),
-        correct=flags,
-        labels=torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-        params=torch.cat(params) if params else torch.zeros(0, 3),
-        loss=torch.cat(losses) if losses else torch.zeros(0),
-        evaluations=evaluations,
-        exhaustive_evaluations=exhaustive,
+        accuracy=float(found["correct"].float().mean()) if found["correct"].numel() else float("nan"),
+        **found,
+        evaluations=rows.evaluations,
+        exhaustive_evaluations=rows.exhaustive_evaluations,
         seconds=time.perf_counter() - start,
     )
 
@@ -159,14 +146,7 @@ def natural_accuracy(model: nn.Module, loader: Batches, *, progress: bool = Fals
         (torch.Size([4]), 4)
     """
 
-    def step(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int]:
-        with scoring_mode(model) as net, torch.inference_mode():
-            logits = net(images).float()
-            loss = F.cross_entropy(logits, labels, reduction="none").clone()
-            ok = (logits.argmax(dim=1) == labels).clone()
-        return ok, torch.zeros(len(labels), 3), loss, len(labels), len(labels)
-
-    return _collect("natural", model, loader, step, progress)
+    return _collect("natural", model, loader, partial(natural_outcome, model), progress)
 
 
 def search_accuracy(
@@ -187,11 +167,7 @@ def search_accuracy(
     if search.model is not model:
         raise AdvSpatialError("search must hold the same model object that is evaluated")
 
-    def step(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int]:
-        result = search.search(images, labels)
-        return result.correct, result.params, result.loss, result.evaluations, result.exhaustive_evaluations
-
-    return _collect(name, model, loader, step, progress)
+    return _collect(name, model, loader, partial(search_outcome, search), progress)
 
 
 def random_accuracy(
