@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from advspatial.engine.model_state import check_model, model_device
+from advspatial.errors import positive_int
+
 __all__ = ["fit", "train_one_epoch"]
 
 BatchTransform = Callable[[Tensor, Tensor], Tensor]
@@ -37,7 +40,10 @@ def fit(
     Returns:
         The mean training loss of each epoch.
     """
-    device = next(model.parameters()).device
+    check_model(model)
+    positive_int(epochs, "epochs", minimum=0)
+    positive_int(batch_size, "batch_size")
+    device = model_device(model) or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
