@@ -35,6 +35,24 @@ def best_seconds(fn: Callable[[], object], device: torch.device, rounds: int = 5
     return min(times)
 
 
+def paired_best_seconds(
+    first: Callable[[], object], second: Callable[[], object], device: torch.device, rounds: int = 5
+) -> tuple[float, float]:
+    """Fastest wall times of ``first`` and ``second``, timed alternately (after one warm-up each) so
+    that a change in the machine's speed during the run affects both sides alike."""
+    first()
+    second()
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for side, fn in enumerate((first, second)):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[side] = min(best[side], time.perf_counter() - start)
+    return best[0], best[1]
+
+
 def record(name: str, measured: str, value: str) -> None:
     """Add a row to the table printed at the end of the session."""
     ROWS.append((name, measured, value))
@@ -47,7 +65,7 @@ def device() -> torch.device:
 
 def pytest_configure(config: pytest.Config) -> None:
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
+        ["git", "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parent,

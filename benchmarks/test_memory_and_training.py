@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from advspatial import WorstOfK, roto_translate
 from advspatial.engine import default_chunk_size
 from advspatial.models import SmallCNN
-from benchmarks.conftest import best_seconds, record
+from benchmarks.conftest import paired_best_seconds, record
 
 _PEAK_RSS = """
 import resource, sys, torch
@@ -99,8 +99,7 @@ def test_worst_of_10_training_step() -> None:
                 model(warped[start : start + chunk])
         train_step(images)
 
-    searched = best_seconds(with_search, cpu, rounds=5)
-    reference = best_seconds(side_by_side, cpu, rounds=5)
+    searched, reference = paired_best_seconds(with_search, side_by_side, cpu, rounds=7)
     record(
         "training step with worst-of-10, digits CNN, B=128",
         "time / (10 inference forwards + 1 training step)",

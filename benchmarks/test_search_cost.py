@@ -20,8 +20,12 @@ from advspatial.training import fit
 from benchmarks.conftest import best_seconds, record
 
 
-def bare_forward(model: nn.Module, warped: torch.Tensor, chunk: int) -> None:
-    with torch.inference_mode():
+def bare_forward(
+    model: nn.Module, warped: torch.Tensor, chunk: int, autocast: torch.dtype | None = None
+) -> None:
+    """Forward passes over ``warped`` in chunks, under ``torch.autocast(autocast)`` when given."""
+    mixed = torch.autocast(warped.device.type, dtype=autocast, enabled=autocast is not None)
+    with torch.inference_mode(), mixed:
         for start in range(0, warped.shape[0], chunk):
             model(warped[start : start + chunk])
 
@@ -44,21 +48,29 @@ def ratio_case(benchmark, device, name: str, model: nn.Module, images: torch.Ten
         else (search.candidates.to(device).expand(images.shape[0], -1, -1))
     )
     warped = prewarp(images, candidates)
-    bare = best_seconds(lambda: bare_forward(model, warped, chunk), device, rounds=3)
+    autocast = search.config.autocast
+    bare = best_seconds(lambda: bare_forward(model, warped, chunk, autocast), device, rounds=3)
     benchmark.pedantic(lambda: search.search(images, labels), rounds=3, warmup_rounds=1)
     searched = benchmark.stats.stats.min
     ratio = searched / bare
     benchmark.extra_info.update({"bare_forward_s": bare, "search_s": searched, "ratio": ratio})
     record(name, "search / bare forward (time)", f"{ratio:.3f} ({searched:.3f} s / {bare:.3f} s)")
+    if autocast is not None:
+        full = best_seconds(lambda: bare_forward(model, warped, chunk), device, rounds=3)
+        record(name, f"bare forward, float32 / {str(autocast).removeprefix('torch.')}", f"{full / bare:.2f}")
     return ratio
 
 
-def test_worst_of_10_resnet18_cifar(benchmark, device) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_worst_of_10_resnet18_cifar(benchmark, device, precision: str) -> None:
     torch.manual_seed(0)
     model = resnet18_cifar()
     images = torch.rand(16, 3, 32, 32)
-    search = WorstOfK(model.to(device), k=10, generator=torch.Generator().manual_seed(0))
-    ratio_case(benchmark, device, "worst-of-10, ResNet-18 CIFAR, B=16", model, images, search)
+    autocast = None if precision == "float32" else getattr(torch, precision)
+    generator = torch.Generator().manual_seed(0)
+    search = WorstOfK(model.to(device), k=10, generator=generator, autocast=autocast)
+    suffix = "" if autocast is None else f", {precision} autocast"
+    ratio_case(benchmark, device, f"worst-of-10, ResNet-18 CIFAR, B=16{suffix}", model, images, search)
 
 
 def test_worst_of_10_digits_cnn(benchmark, device) -> None:
