@@ -83,8 +83,9 @@ def shard_loader(
 
     Example:
         >>> data = torch.utils.data.TensorDataset(torch.rand(5, 1, 8, 8), torch.arange(5))
-        >>> [batch[2].tolist() for batch in shard_loader(data, batch_size=2)]
-        [[0, 1], [2, 3], [4]]
+        >>> batches = list(shard_loader(data, batch_size=2))
+        >>> [len(batch[2]) for batch in batches], torch.cat([batch[2] for batch in batches])
+        ([2, 2, 1], tensor([0, 1, 2, 3, 4]))
     """
     positive_int(batch_size, "batch_size")
     context = context or current_context()

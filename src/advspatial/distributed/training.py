@@ -107,7 +107,9 @@ def fit_distributed(
         model: the classifier, on this rank's device.
         dataset: ``(image, label)`` pairs; each rank trains on its ``DistributedSampler`` shard,
             reshuffled every epoch with ``seed``.
-        epochs, batch_size, lr: the loop's settings.
+        epochs: passes over the dataset.
+        batch_size: samples per step on each rank.
+        lr: Adam's learning rate (cosine-annealed to 0 over the run).
         transform: ``transform(images, labels) -> images`` on each batch, e.g. a
             :class:`advspatial.WorstOfK` holding ``model`` and a
             :func:`~advspatial.distributed.rank_generator`.

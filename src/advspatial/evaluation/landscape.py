@@ -80,7 +80,8 @@ def loss_landscape(
         labels: ``(B,)`` class indices.
         max_rotation: degrees; angles are ``linspace(-max_rotation, max_rotation, rotations)``.
         max_translation: pixels; offsets are ``linspace(-t, t, translations)``.
-        rotations, translations: grid sizes.
+        rotations: number of angles.
+        translations: number of offsets.
         axis: translate along ``"x"`` (right) or ``"y"`` (down).
 
     Example:

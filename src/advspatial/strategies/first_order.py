@@ -44,11 +44,14 @@ class SpatialPGD(SpatialSearch):
         steps: number of gradient steps.
         step_size: per-coordinate step ``(degrees, px, px)`` or one number for all; default
             ``2.5 * half_width / steps`` per coordinate (Madry et al.'s rule).
-        max_rotation, max_translation: the box, as for :class:`WorstOfK`.
+        max_rotation: largest angle in degrees, as for :class:`WorstOfK`.
+        max_translation: largest shift in pixels, one number or ``(x, y)``, as for :class:`WorstOfK`.
         random_start: start from a uniform draw in the box instead of the identity.
         generator: generator for the random start.
-        selection, padding, autocast: as for :class:`WorstOfK` (interpolation is bilinear: nearest
-            has no gradient with respect to the parameters).
+        selection: as for :class:`WorstOfK`.
+        padding: as for :class:`WorstOfK` (interpolation is bilinear: nearest has no gradient with
+            respect to the parameters).
+        autocast: as for :class:`WorstOfK`.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))

@@ -38,7 +38,10 @@ class GridSearchRotoTranslation(SpatialSearch):
             ``result.correct`` is exact; for fooled images ``result.params`` is *a* fooling
             transform rather than the one of highest loss. ``result.saved_evaluations`` tells how
             many forward evaluations were not needed.
-        interpolation, padding, chunk_size, autocast: see :class:`advspatial.engine.ScoringConfig`.
+        interpolation: ``"bilinear"`` or ``"nearest"`` (see :class:`advspatial.engine.ScoringConfig`).
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
+        autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))

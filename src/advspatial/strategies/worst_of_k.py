@@ -38,7 +38,10 @@ class WorstOfK(SpatialSearch):
             or ``"max_loss"``.
         generator: the ``torch.Generator`` candidates are drawn from (advanced by every call);
             ``None`` uses torch's global generator.
-        interpolation, padding, chunk_size, autocast: see :class:`advspatial.engine.ScoringConfig`.
+        interpolation: ``"bilinear"`` or ``"nearest"`` (see :class:`advspatial.engine.ScoringConfig`).
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
+        autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
 
     Shape:
         images ``(B, C, H, W)`` float, labels ``(B,)`` integer or ``None``; output ``(B, C, H, W)``.
