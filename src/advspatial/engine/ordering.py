@@ -15,8 +15,10 @@ within one search, from three signals that cost no forward pass:
 - **What this image survived.** A candidate next to one the image already withstood is tried later.
 
 Images are admitted in doubling cohorts (32, 64, ...) so early images teach the later ones, and
-each live image gets as many new candidates per round as it has survived (at least one), packed
-into full chunks by the scorer.
+each live image gets a quarter as many new candidates per round as it has survived (at least one),
+so its allowance grows by a quarter a round: late fools waste little of a burst, and a robust image
+still reaches all K candidates in a few dozen rounds. The pairs are packed into full chunks by the
+scorer.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ _SURVIVAL_PENALTY = 0.5
 _CLASS_SMOOTHING = 1.0
 _MAX_KERNEL_CANDIDATES = 2048
 _NEAR_MISS_WEIGHT = 0.5
+_ALLOWANCE_GROWTH = 0.25
+_SPREAD_PIECE = 4096
+_KERNEL_CACHE_SIZE = 8
+_KERNELS: dict[tuple[bytes, tuple[int, ...], str], Tensor] = {}
 
 
 class PairScorer(Protocol):
@@ -61,10 +67,45 @@ def prior_order(candidates: Tensor) -> Tensor:
 
 
 def _kernel(candidates: Tensor) -> Tensor | None:
+    """``(K, K)`` Gaussian similarity of the candidates on the grid scaled to ``[-1, 1]`` per axis.
+
+    Cached by the candidates' values: a search object scores the same grid call after call.
+    """
     if candidates.shape[0] > _MAX_KERNEL_CANDIDATES:
         return None
-    unit = candidates / candidates.abs().amax(dim=0).clamp(min=1e-12)
-    return torch.exp(-torch.cdist(unit, unit).square() / (2 * _KERNEL_WIDTH**2))
+    key = (candidates.cpu().numpy().tobytes(), tuple(candidates.shape), str(candidates.device))
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        unit = candidates / candidates.abs().amax(dim=0).clamp(min=1e-12)
+        kernel = torch.exp(-torch.cdist(unit, unit).square() / (2 * _KERNEL_WIDTH**2))
+        if len(_KERNELS) >= _KERNEL_CACHE_SIZE:
+            _KERNELS.pop(next(iter(_KERNELS)))
+        _KERNELS[key] = kernel
+    return kernel
+
+
+def _spread_to_groups(
+    near: Tensor, groups: Tensor, cols: Tensor, values: Tensor, kernel: Tensor | None
+) -> None:
+    """``near[g] += sum of values[i] * kernel[cols[i]]`` over pairs ``i`` of group ``g``.
+
+    Only the columns scored this round enter the product, so a round that tried a few candidates
+    costs a few kernel rows, not a ``(G, K) @ (K, K)`` product.
+    """
+    if kernel is None:
+        near.index_put_((groups, cols), values, accumulate=True)
+        return
+    used, slot = torch.unique(cols, return_inverse=True)
+    delta = torch.zeros(near.shape[0], used.shape[0], device=near.device, dtype=near.dtype)
+    delta.index_put_((groups, slot), values, accumulate=True)
+    near += delta @ kernel[used]
+
+
+def _spread_to_images(near: Tensor, rows: Tensor, cols: Tensor, kernel: Tensor) -> None:
+    """``near[rows[i]] += kernel[cols[i]]`` for every pair, in pieces that bound the temporary."""
+    for start in range(0, rows.shape[0], _SPREAD_PIECE):
+        piece = slice(start, start + _SPREAD_PIECE)
+        near.index_add_(0, rows[piece], kernel[cols[piece]])
 
 
 def score_until_fooled(
@@ -96,8 +137,11 @@ def score_until_fooled(
         count + 1
     )
     labels, groups = torch.unique(classes, return_inverse=True)
-    fools = torch.zeros(labels.shape[0], count, device=device)
-    tries = torch.zeros_like(fools)
+    # Evidence already spread over neighbouring candidates by the kernel: per class, fools and tries;
+    # per image, the candidates it survived.
+    fooled_near = torch.zeros(labels.shape[0], count, device=device)
+    tried_near = torch.zeros_like(fooled_near)
+    survived_near = torch.zeros(batch, count, device=device) if kernel is not None else None
     admitted = min(batch, _FIRST_COHORT)
     while True:
         tried = scored.sum(dim=1)
@@ -109,16 +153,14 @@ def score_until_fooled(
                 return
             admitted = min(batch, admitted * 2)
             continue
-        fooled_near, tried_near = (fools @ kernel, tries @ kernel) if kernel is not None else (fools, tries)
         overall = (fooled_near.sum(dim=0) + prior) / (tried_near.sum(dim=0) + 1)
         rate = (fooled_near + _CLASS_SMOOTHING * overall) / (tried_near + _CLASS_SMOOTHING)
         score = rate[groups[live]]
-        if kernel is not None:
-            survived = (scored[live] & correct[live]).float()
-            score = score * (1 - _SURVIVAL_PENALTY * (survived @ kernel).clamp(max=1.0))
+        if survived_near is not None:
+            score = score * (1 - _SURVIVAL_PENALTY * survived_near[live].clamp(max=1.0))
         ranking = torch.argsort(score + 1e-9 * prior, dim=1, descending=True, stable=True)
         untried = ~scored[live].gather(1, ranking)
-        allowance = tried[live].clamp(min=1).unsqueeze(1)
+        allowance = (tried[live] * _ALLOWANCE_GROWTH).ceil().clamp(min=1).unsqueeze(1)
         pick = untried & (untried.cumsum(dim=1) <= allowance)
         live_pos, rank_pos = pick.nonzero(as_tuple=True)
         rows, cols = live[live_pos], ranking[live_pos, rank_pos]
@@ -128,6 +170,8 @@ def score_until_fooled(
         scored[rows, cols] = True
         near_miss = _NEAR_MISS_WEIGHT * (1 - torch.exp(-loss.float().clamp(min=0)))
         fooled = torch.where(ok, near_miss.nan_to_num(0.0), torch.ones_like(near_miss))
-        fools.index_put_((groups[rows], cols), fooled.to(fools.dtype), accumulate=True)
-        tries.index_put_((groups[rows], cols), torch.ones_like(cols, dtype=fools.dtype), accumulate=True)
+        _spread_to_groups(fooled_near, groups[rows], cols, fooled, kernel)
+        _spread_to_groups(tried_near, groups[rows], cols, torch.ones_like(fooled), kernel)
+        if survived_near is not None and kernel is not None:
+            _spread_to_images(survived_near, rows[ok], cols[ok], kernel)
         admitted = min(batch, admitted * 2)
