@@ -17,7 +17,7 @@ from advspatial.data import load_digits_28
 from advspatial.engine import default_chunk_size
 from advspatial.models import SmallCNN, resnet18_cifar
 from advspatial.training import fit
-from benchmarks.conftest import best_seconds, record
+from benchmarks.conftest import paired_best_seconds, record
 
 
 def bare_forward(
@@ -49,15 +49,21 @@ def ratio_case(benchmark, device, name: str, model: nn.Module, images: torch.Ten
     )
     warped = prewarp(images, candidates)
     autocast = search.config.autocast
-    bare = best_seconds(lambda: bare_forward(model, warped, chunk, autocast), device, rounds=3)
-    benchmark.pedantic(lambda: search.search(images, labels), rounds=3, warmup_rounds=1)
-    searched = benchmark.stats.stats.min
+    benchmark.pedantic(lambda: search.search(images, labels), rounds=1, warmup_rounds=1)
+    # Timed alternately: the machine's speed drifts by tens of percent over minutes.
+    searched, bare = paired_best_seconds(
+        lambda: search.search(images, labels), lambda: bare_forward(model, warped, chunk, autocast), device
+    )
     ratio = searched / bare
     benchmark.extra_info.update({"bare_forward_s": bare, "search_s": searched, "ratio": ratio})
     record(name, "search / bare forward (time)", f"{ratio:.3f} ({searched:.3f} s / {bare:.3f} s)")
     if autocast is not None:
-        full = best_seconds(lambda: bare_forward(model, warped, chunk), device, rounds=3)
-        record(name, f"bare forward, float32 / {str(autocast).removeprefix('torch.')}", f"{full / bare:.2f}")
+        full, mixed = paired_best_seconds(
+            lambda: bare_forward(model, warped, chunk),
+            lambda: bare_forward(model, warped, chunk, autocast),
+            device,
+        )
+        record(name, f"bare forward, float32 / {str(autocast).removeprefix('torch.')}", f"{full / mixed:.2f}")
     return ratio
 
 
