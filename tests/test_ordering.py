@@ -101,3 +101,40 @@ def test_benchmark_command_refuses_a_folder_without_benchmarks(tmp_path, capsys)
 
     assert main(["benchmark", "--suite", "--benchmarks", str(tmp_path)]) == 2
     assert "no benchmarks found" in capsys.readouterr().out
+
+
+class LossTableScorer(TableScorer):
+    """A TableScorer whose losses come from a table too."""
+
+    def __init__(self, table: torch.Tensor, losses: torch.Tensor) -> None:
+        super().__init__(table)
+        self.losses = losses
+
+    def score(self, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, ok = super().score(rows, cols)
+        return self.losses[rows, cols], ok
+
+
+def test_near_misses_steer_the_order(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Counting high-loss survivals as part of a fool finds the fooling transforms sooner.
+
+    Each candidate has a mean margin; an image is fooled where its own noisy margin crosses a
+    threshold, and the loss is that margin: survivals with a high loss point to likely fools.
+    """
+    import advspatial.engine.ordering as ordering
+
+    candidates = grid()
+    spent: dict[float, list[int]] = {0.5: [], 0.0: []}
+    for seed in range(6):
+        generator = torch.Generator().manual_seed(seed)
+        mean = torch.rand(candidates.shape[0], generator=generator) * 2
+        margin = mean + 0.6 * torch.randn(200, candidates.shape[0], generator=generator)
+        table, losses = margin < 2.4, margin.clamp(min=0)
+        for weight in spent:
+            monkeypatch.setattr(ordering, "_NEAR_MISS_WEIGHT", weight)
+            scorer = LossTableScorer(table, losses)
+            correct, _ = scorer.run(candidates, torch.zeros(200, dtype=torch.long))
+            assert torch.equal(correct.all(dim=1), table.all(dim=1))
+            spent[weight].append(scorer.evaluations)
+    wins = sum(a < b for a, b in zip(spent[0.5], spent[0.0], strict=True))
+    assert wins >= 5 and sum(spent[0.5]) < 0.96 * sum(spent[0.0]), spent
