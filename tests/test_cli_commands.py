@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.processes import run_cli as advspatial
 
 from advspatial.models import SmallCNN
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 FACTORIES = """
 from advspatial.models import SmallCNN
@@ -33,22 +29,6 @@ def make10():
 def not_a_model():
     return {"weights": 1}
 """
-
-
-def advspatial(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "advspatial.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=cwd,
-        env=env,
-    )
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.processes import run_python
 from torch.utils.data import DataLoader, TensorDataset
 
 from advspatial.data import load_digits_28
@@ -21,21 +20,13 @@ from advspatial.models import SmallCNN
 from advspatial.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
 
 
 def launch(args: list[str], cwd: Path, *, processes: int | None) -> subprocess.CompletedProcess[str]:
     """``python [-m torch.distributed.run --standalone --nproc_per_node N] args`` with this checkout."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
     runner = [] if processes is None else ["-m", "torch.distributed.run", "--standalone"]
     runner += [] if processes is None else ["--nproc_per_node", str(processes)]
-    return subprocess.run(
-        [sys.executable, *runner, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
-    )
+    return run_python([*runner, *args], cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
