@@ -44,6 +44,16 @@ def loss_and_grads(
     return loss.detach(), grads, loss_fn.last.params
 
 
+def assert_same_step(
+    got: tuple[Tensor, list[Tensor], Tensor], expected: tuple[Tensor, list[Tensor], Tensor]
+) -> None:
+    """Same chosen transforms exactly; loss and gradients close (from :func:`loss_and_grads`)."""
+    assert torch.equal(got[2], expected[2])
+    torch.testing.assert_close(got[0], expected[0])
+    for grad, expected_grad in zip(got[1], expected[1], strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+
+
 # --- autocast -------------------------------------------------------------------------------------
 
 
@@ -101,10 +111,7 @@ def test_ddp_wrapped_model_matches_plain_model(tmp_path: Path) -> None:
     expected_loss, expected_grads, expected_params = loss_and_grads(
         plain, plain, images, labels, task_on="both"
     )
-    assert torch.equal(params, expected_params)
-    torch.testing.assert_close(loss, expected_loss)
-    for grad, expected in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected)
+    assert_same_step((loss, grads, params), (expected_loss, expected_grads, expected_params))
     torch.testing.assert_close(wrapped[1].running_mean, plain[1].running_mean)
 
 
@@ -128,10 +135,7 @@ def test_torch_compiled_model_matches_eager() -> None:
     expected_loss, expected_grads, expected_params = loss_and_grads(
         eager, eager, images, labels, regularizer="l2"
     )
-    assert torch.equal(params, expected_params)
-    torch.testing.assert_close(loss, expected_loss)
-    for grad, expected in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected)
+    assert_same_step((loss, grads, params), (expected_loss, expected_grads, expected_params))
     # An attack holding the uncompiled module is the same model.
     InvarianceRegularizedLoss(compiled, WorstOfK(compiled_inner))
 
