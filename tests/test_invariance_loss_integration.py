@@ -47,10 +47,11 @@ def loss_and_grads(
 def assert_same_step(
     got: tuple[Tensor, list[Tensor], Tensor], expected: tuple[Tensor, list[Tensor], Tensor]
 ) -> None:
-    """Same chosen transforms exactly; loss and gradients close (from :func:`loss_and_grads`)."""
-    assert torch.equal(got[2], expected[2])
-    torch.testing.assert_close(got[0], expected[0])
-    for grad, expected_grad in zip(got[1], expected[1], strict=True):
+    """Two :func:`loss_and_grads` results: same chosen transforms exactly, loss and gradients close."""
+    (loss, grads, params), (expected_loss, expected_grads, expected_params) = got, expected
+    assert torch.equal(params, expected_params)
+    torch.testing.assert_close(loss, expected_loss)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad)
 
 
@@ -105,13 +106,10 @@ def test_ddp_wrapped_model_matches_plain_model(tmp_path: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         ddp = nn.parallel.DistributedDataParallel(wrapped)
-        loss, grads, params = loss_and_grads(ddp, ddp, images, labels, task_on="both")
+        step = loss_and_grads(ddp, ddp, images, labels, task_on="both")
     finally:
         dist.destroy_process_group()
-    expected_loss, expected_grads, expected_params = loss_and_grads(
-        plain, plain, images, labels, task_on="both"
-    )
-    assert_same_step((loss, grads, params), (expected_loss, expected_grads, expected_params))
+    assert_same_step(step, loss_and_grads(plain, plain, images, labels, task_on="both"))
     torch.testing.assert_close(wrapped[1].running_mean, plain[1].running_mean)
 
 
@@ -131,11 +129,8 @@ def test_torch_compiled_model_matches_eager() -> None:
     eager = bn_model().train()
     compiled_inner = copy.deepcopy(eager)
     compiled = torch.compile(compiled_inner, backend="eager")
-    loss, grads, params = loss_and_grads(compiled, compiled, images, labels, regularizer="l2")
-    expected_loss, expected_grads, expected_params = loss_and_grads(
-        eager, eager, images, labels, regularizer="l2"
-    )
-    assert_same_step((loss, grads, params), (expected_loss, expected_grads, expected_params))
+    step = loss_and_grads(compiled, compiled, images, labels, regularizer="l2")
+    assert_same_step(step, loss_and_grads(eager, eager, images, labels, regularizer="l2"))
     # An attack holding the uncompiled module is the same model.
     InvarianceRegularizedLoss(compiled, WorstOfK(compiled_inner))
 
