@@ -88,20 +88,24 @@ def _kernel(candidates: Tensor) -> Tensor | None:
 
 
 def _spread_to_groups(
-    near: Tensor, groups: Tensor, cols: Tensor, values: Tensor, kernel: Tensor | None
+    nears: tuple[Tensor, ...], values: tuple[Tensor, ...], groups: Tensor, cols: Tensor, kernel: Tensor | None
 ) -> None:
-    """``near[g] += sum of values[i] * kernel[cols[i]]`` over pairs ``i`` of group ``g``.
+    """``near[g] += sum of value[i] * kernel[cols[i]]`` over pairs ``i`` of group ``g``, for each
+    ``(near, value)`` of ``zip(nears, values)``.
 
     Only the columns scored this round enter the product, so a round that tried a few candidates
     costs a few kernel rows, not a ``(G, K) @ (K, K)`` product.
     """
     if kernel is None:
-        near.index_put_((groups, cols), values, accumulate=True)
+        for near, value in zip(nears, values, strict=True):
+            near.index_put_((groups, cols), value, accumulate=True)
         return
     used, slot = torch.unique(cols, return_inverse=True)
-    delta = torch.zeros(near.shape[0], used.shape[0], device=near.device, dtype=near.dtype)
-    delta.index_put_((groups, slot), values, accumulate=True)
-    near += delta @ kernel[used]
+    rows = kernel[used]
+    for near, value in zip(nears, values, strict=True):
+        delta = torch.zeros(near.shape[0], used.shape[0], device=near.device, dtype=near.dtype)
+        delta.index_put_((groups, slot), value, accumulate=True)
+        near += delta @ rows
 
 
 def _spread_to_images(near: Tensor, rows: Tensor, cols: Tensor, kernel: Tensor) -> None:
@@ -173,8 +177,9 @@ def score_until_fooled(
         scored[rows, cols] = True
         near_miss = _NEAR_MISS_WEIGHT * (1 - torch.exp(-loss.float().clamp(min=0)))
         fooled = torch.where(ok, near_miss.nan_to_num(0.0), torch.ones_like(near_miss))
-        _spread_to_groups(fooled_near, groups[rows], cols, fooled, kernel)
-        _spread_to_groups(tried_near, groups[rows], cols, torch.ones_like(fooled), kernel)
+        _spread_to_groups(
+            (fooled_near, tried_near), (fooled, torch.ones_like(fooled)), groups[rows], cols, kernel
+        )
         if survived_near is not None and kernel is not None:
             _spread_to_images(survived_near, rows[ok], cols[ok], kernel)
         admitted = min(batch, math.ceil(admitted * _COHORT_GROWTH))
