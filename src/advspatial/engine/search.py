@@ -44,6 +44,12 @@ class ScoringConfig:
     chunk_size: int | None = None
     autocast: torch.dtype | None = None
 
+    def autocast_context(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+        """``torch.autocast`` to :attr:`autocast` on ``device``; a no-op context when ``None``."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -88,14 +94,9 @@ class _Scorer:
         self.evaluations = 0
         self.objective = objective
 
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.config.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.images.device.type, dtype=self.config.autocast)
-
     def _forward(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
         params = self.candidates[cols] if self.candidates.ndim == 2 else self.candidates[rows, cols]
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.config.autocast_context(self.images.device):
             warped = _warp(self.images[rows], params, self.config.interpolation, self.config.padding)
             logits = check_logits(self.net(warped), rows.shape[0])
             if self.targets.reference_log_probs is None:
@@ -143,12 +144,7 @@ def _targets(net: nn.Module, images: Tensor, labels: Tensor | None, config: Scor
     if labels is not None:
         return Targets(classes=labels)
     with torch.inference_mode():
-        ctx = (
-            torch.autocast(device_type=images.device.type, dtype=config.autocast)
-            if config.autocast is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with config.autocast_context(images.device):
             logits = check_logits(net(images), images.shape[0]).float()
         log_probs = F.log_softmax(logits, dim=1)
     return Targets(classes=log_probs.argmax(dim=1).clone(), reference_log_probs=log_probs.clone())

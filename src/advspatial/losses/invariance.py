@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -254,9 +253,7 @@ class InvarianceRegularizedLoss(nn.Module):
             candidates = attack.sample(images.shape[0], images.device)
         else:
             candidates = attack.candidates.to(images.device)
-        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if attack.config.autocast is not None:
-            autocast = torch.autocast(device_type=images.device.type, dtype=attack.config.autocast)
+        autocast = attack.config.autocast_context(images.device)
         with scoring_mode(self.model) as net, torch.inference_mode(), autocast:
             clean = check_logits(net(images), images.shape[0]).float()
         penalty = REGULARIZERS[self.regularizer]

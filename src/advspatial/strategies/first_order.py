@@ -118,8 +118,9 @@ class SpatialPGD(SpatialSearch):
             for iteration in range(self.steps + 1):
                 with torch.enable_grad():
                     current = params.detach().requires_grad_(True)
+                    # Without a dtype, an enclosing autocast is switched off for the gradient.
                     autocast = (
-                        torch.autocast(device_type=device.type, dtype=self.config.autocast)
+                        self.config.autocast_context(device)
                         if self.config.autocast is not None
                         else torch.autocast(device_type=device.type, enabled=False)
                     )
