@@ -20,7 +20,15 @@ from advspatial.errors import AdvSpatialError
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 
-__all__ = ["check_search", "check_worker_model", "mix_seed", "run_search", "worker_generator"]
+__all__ = [
+    "check_search",
+    "check_worker_model",
+    "enter_worker",
+    "mix_seed",
+    "run_search",
+    "target_device",
+    "worker_generator",
+]
 
 _BATCH_FORM = (
     "use the batch form on the training device instead: "
@@ -94,6 +102,20 @@ def worker_generator(search: SpatialSearch, cache: dict[str, int]) -> None:
         cache["base"] = generator.initial_seed()
     generator.manual_seed(mix_seed(cache["base"], info.seed))
     cache["seed"] = info.seed
+
+
+def enter_worker(search: SpatialSearch, where: str, cache: dict[str, int]) -> None:
+    """What an adapter does before each search: refuse a stale model in a DataLoader worker
+    (:func:`check_worker_model`) and give the worker its own generator stream
+    (:func:`worker_generator`, ``cache`` being the adapter's)."""
+    check_worker_model(search, where)
+    worker_generator(search, cache)
+
+
+def target_device(search: SpatialSearch, fallback: torch.device) -> torch.device:
+    """The device of the search's model, or ``fallback`` for a model without parameters or buffers."""
+    device = model_device(unwrap_model(search.model))
+    return fallback if device is None else device
 
 
 def run_search(

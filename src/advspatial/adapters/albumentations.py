@@ -14,8 +14,7 @@ import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from torch import Tensor
 
-from advspatial.adapters._workers import check_search, check_worker_model, worker_generator
-from advspatial.engine.model_state import model_device, unwrap_model
+from advspatial.adapters._workers import check_search, enter_worker, target_device
 from advspatial.errors import AdvSpatialError, check_labels
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
@@ -113,7 +112,7 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """Run the search on the call's image and label; the chosen row is ``params["roto"]``."""
         images, _ = _to_nchw(data["image"])
-        device = model_device(unwrap_model(self.search.model)) or images.device
+        device = target_device(self.search, images.device)
         images = images.to(device)
         labels = None
         if self.label_key is not None:
@@ -127,8 +126,7 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
             if isinstance(raw, bool) or not isinstance(raw, int | np.integer | Tensor | np.ndarray):
                 raise AdvSpatialError(f"{self.label_key} must be an integer class index, got {raw!r}")
             labels = check_labels(torch.as_tensor(np.asarray(raw)).reshape(-1), 1, device, self.label_key)
-        check_worker_model(self.search, type(self).__name__)
-        worker_generator(self.search, self._worker_seed)
+        enter_worker(self.search, type(self).__name__, self._worker_seed)
         result = self.search.search(images, labels)
         return {"roto": result.params.detach().cpu()}
 

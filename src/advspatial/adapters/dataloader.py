@@ -30,12 +30,12 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from advspatial.adapters._workers import (
     check_search,
     check_worker_model,
+    enter_worker,
     mix_seed,
     run_search,
-    worker_generator,
+    target_device,
 )
-from advspatial.engine.model_state import model_device, unwrap_model
-from advspatial.errors import AdvSpatialError, check_images, check_labels
+from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 
@@ -49,11 +49,6 @@ def _split_batch(batch: object, where: str) -> tuple[Tensor, Tensor, tuple[Any, 
         )
     images, labels = batch[0], batch[1]
     return images, labels, tuple(batch[2:])
-
-
-def _target_device(search: SpatialSearch, fallback: torch.device) -> torch.device:
-    device = model_device(unwrap_model(search.model))
-    return fallback if device is None else device
 
 
 class SpatialSearchBatch:
@@ -84,7 +79,7 @@ class SpatialSearchBatch:
         """Transform the batch's images with the worst transform the search finds for each."""
         images, labels, rest = _split_batch(batch, type(self).__name__)
         images = check_images(images)
-        device = _target_device(self.search, images.device)
+        device = target_device(self.search, images.device)
         images = images.to(device, non_blocking=True)
         labels = check_labels(labels, images.shape[0], device)
         result = self.search.search(images, labels)
@@ -131,13 +126,11 @@ class SpatialSearchCollate:
         """Collate ``samples`` and return ``(transformed images, labels, *rest)``."""
         images, labels, rest = _split_batch(self.collate_fn(samples), type(self).__name__)
         images = check_images(images)
-        check_worker_model(self.search, type(self).__name__)
-        worker_generator(self.search, self._worker_seed)
+        enter_worker(self.search, type(self).__name__, self._worker_seed)
         if get_worker_info() is None:
-            images = images.to(_target_device(self.search, images.device))
+            images = images.to(target_device(self.search, images.device))
         labels = check_labels(labels, images.shape[0], images.device)
-        result = self.search.search(images, labels)
-        return (self.search.apply(images, result.params), labels, *rest)
+        return (self.search(images, labels), labels, *rest)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.search!r})"
@@ -185,9 +178,7 @@ class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Key the draws on ``epoch`` (visible to persistent workers through shared memory)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise AdvSpatialError(f"epoch must be an integer >= 0, got {epoch!r}")
-        self._epoch.fill_(epoch)
+        self._epoch.fill_(positive_int(epoch, "epoch", minimum=0))
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -203,7 +194,7 @@ class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
             shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise AdvSpatialError(f"dataset[{index}][0] must be an image tensor (C, H, W), got {shape}")
         check_worker_model(self.search, type(self).__name__)
-        device = _target_device(self.search, image.device)
+        device = target_device(self.search, image.device)
         images = check_images(image.unsqueeze(0).to(device), f"dataset[{index}][0][None]")
         labels = check_labels(torch.as_tensor(label).reshape(1), 1, device, f"dataset[{index}][1]")
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, index))

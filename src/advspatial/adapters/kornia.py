@@ -15,7 +15,7 @@ from kornia.constants import Resample
 from kornia.geometry.transform import warp_affine
 from torch import Tensor
 
-from advspatial.adapters._workers import check_search, check_worker_model, worker_generator
+from advspatial.adapters._workers import check_search, enter_worker
 from advspatial.errors import AdvSpatialError, check_params
 from advspatial.geometry.matrices import forward_matrices
 from advspatial.geometry.warp import roto_translate_masks
@@ -119,8 +119,7 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
                 "SpatialSearchKornia needs the batch's labels: call it inside `with aug.labels(labels):` "
                 "(or `with aug.labels(None):` to score against the model's own prediction)"
             )
-        check_worker_model(self.search, type(self).__name__)
-        worker_generator(self.search, self._worker_seed)
+        enter_worker(self.search, type(self).__name__, self._worker_seed)
         result = self.search.search(input, self._labels)
         roto = result.params.detach().to(device=input.device).clone()
         params["roto"] = roto

@@ -16,8 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from advspatial.adapters._workers import check_search, check_worker_model, worker_generator
-from advspatial.engine.model_state import model_device, unwrap_model
+from advspatial.adapters._workers import check_search, enter_worker, target_device
 from advspatial.errors import AdvSpatialError, check_labels
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
@@ -157,15 +156,14 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         batched = tensor.ndim == 4
         images = tensor if batched else tensor.unsqueeze(0)
         floats = images if images.is_floating_point() else F.to_dtype(images, torch.float32, scale=True)
-        device = model_device(unwrap_model(self.search.model)) or floats.device
+        device = target_device(self.search, floats.device)
         floats = floats.to(device)
         labels = None
         if self.labels_getter is not None:
             labels = check_labels(
                 _as_label_tensor(raw_labels, floats.shape[0], batched), floats.shape[0], device
             )
-        check_worker_model(self.search, type(self).__name__)
-        worker_generator(self.search, self._worker_seed)
+        enter_worker(self.search, type(self).__name__, self._worker_seed)
         result = self.search.search(floats, labels)
         params = result.params
         warped = self.search.apply(floats, params).to(images.device)
@@ -177,8 +175,9 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         elif isinstance(image, tv_tensors.TVTensor):
             out_image = tv_tensors.wrap(out_image, like=image)
         size = (images.shape[-2], images.shape[-1])
+        params_cpu = params.cpu()
         flat_out = [
-            out_image if i == index else self._move_target(x, params.cpu(), batched, size)
+            out_image if i == index else self._move_target(x, params_cpu, batched, size)
             for i, x in enumerate(flat)
         ]
         return tree_unflatten(flat_out, spec)
