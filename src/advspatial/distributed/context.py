@@ -112,7 +112,7 @@ def _default_device(local_rank: int) -> torch.device:
 def current_context() -> DistributedContext:
     """The context of the running process group, or a single-process one when none is running."""
     local_rank = _env_int("LOCAL_RANK", 0)
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         device = torch.device("cpu")
         return DistributedContext(0, 1, 0, None, device)
     backend = str(dist.get_backend())
@@ -144,7 +144,7 @@ def init_distributed(
         >>> context.world_size, context.backend, str(context.device)
         (1, None, 'cpu')
     """
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         return current_context()
     local_rank = _env_int("LOCAL_RANK", 0)
     chosen = _default_device(local_rank) if device is None else torch.device(device)
@@ -181,7 +181,7 @@ def destroy_distributed() -> None:
     The barrier keeps a rank from tearing down its gloo connections while a peer still uses them
     (which can abort the peer with "terminate called without an active exception").
     """
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
@@ -198,7 +198,7 @@ def distributed_session(
         ...     context.is_main
         True
     """
-    started = not (dist.is_available() and dist.is_initialized())
+    started = not is_distributed()
     context = init_distributed(backend, device=device)
     try:
         yield context

@@ -28,7 +28,7 @@ from advspatial.distributed.context import DistributedContext, current_context
 from advspatial.distributed.sampling import candidate_table
 from advspatial.engine.model_state import check_model, model_device
 from advspatial.engine.search import score_candidates
-from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
+from advspatial.errors import AdvSpatialError, positive_int
 from advspatial.evaluation.outcomes import (
     Outcome,
     OutcomeRows,
@@ -36,7 +36,7 @@ from advspatial.evaluation.outcomes import (
     result_outcome,
     search_outcome,
 )
-from advspatial.evaluation.sweeps import SweepResult
+from advspatial.evaluation.sweeps import SweepResult, _batch_pair, _iterate
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
 from advspatial.strategies.grid import GridSearchRotoTranslation
@@ -144,16 +144,10 @@ def _collect(
     _check_same_model(model, context)
     start = time.perf_counter()
     loader = shard_loader(dataset, batch_size=batch_size, context=context)
-    batches: Any = loader
-    if progress and context.is_main:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(loader, desc=name, unit="batch", leave=False)
     indices: list[Tensor] = []
     rows = OutcomeRows()
-    for images, targets, index in batches:
-        images = check_images(images).to(device)
-        targets = check_labels(targets, images.shape[0], device)
+    for images, targets, index in _iterate(loader, progress and context.is_main, name):
+        images, targets = _batch_pair((images, targets), device)
         rows.add(step(images, targets, index), targets)
         indices.append(index.long())
     local = rows.tensors()

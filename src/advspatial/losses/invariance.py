@@ -24,7 +24,7 @@ from advspatial.errors import (
     choice,
 )
 from advspatial.geometry.warp import roto_translate
-from advspatial.losses.regularizers import PAPER_WEIGHTS, REGULARIZERS
+from advspatial.losses.regularizers import PAPER_WEIGHTS, REGULARIZERS, _wide
 from advspatial.strategies.grid import GridSearchRotoTranslation
 from advspatial.strategies.result import SearchResult
 from advspatial.strategies.worst_of_k import WorstOfK
@@ -208,7 +208,7 @@ class InvarianceRegularizedLoss(nn.Module):
         logits = check_logits(self.model(torch.cat([images, transformed])), 2 * batch)
         check_label_range(labels, logits.shape[1])
         with torch.autocast(device_type=images.device.type, enabled=False):
-            wide = logits if logits.dtype == torch.float64 else logits.float()
+            wide = _wide(logits)
             clean, adversarial = wide[:batch], wide[batch:]
             task = self._task(clean, adversarial, labels)
             penalty = REGULARIZERS[self.regularizer](clean, adversarial).mean()

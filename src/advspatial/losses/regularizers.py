@@ -57,6 +57,7 @@ def logit_kl_divergence(clean_logits: Tensor, transformed_logits: Tensor) -> Ten
 
 
 def _wide(logits: Tensor) -> Tensor:
+    """``logits`` in float64 if they are, else in float32 (safe under fp16/bf16 autocast)."""
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
