@@ -118,19 +118,26 @@ def linf_pgd(
         adv = _project(adv, clean, eps, bounds)
         if steps == 0:
             return adv
-        with torch.no_grad():
-            logits = check_logits(net(clean), batch).float()
-        if labels is not None:
-            check_label_range(labels, logits.shape[1])
-        targets = logits.argmax(dim=1) if labels is None else labels.clone()
-        reference = F.log_softmax(logits, dim=1)
-        for _ in range(steps):
+        # The clean prediction is needed only as the target (no labels) or as the KL reference.
+        # A clone: labels made under inference_mode cannot enter the autograd graph.
+        targets, reference = (None if labels is None else labels.clone()), None
+        if labels is None or objective == "kl":
+            with torch.no_grad():
+                logits = check_logits(net(clean), batch).float()
+            if labels is None:
+                targets = logits.argmax(dim=1)
+            reference = F.log_softmax(logits, dim=1)
+        for index in range(steps):
             with torch.enable_grad():
                 current = adv.detach().requires_grad_(True)
                 out = check_logits(net(current), batch).float()
+                if index == 0 and labels is not None:
+                    check_label_range(labels, out.shape[1])
                 if objective == "ce":
+                    assert targets is not None
                     loss = F.cross_entropy(out, targets, reduction="sum")
                 else:
+                    assert reference is not None
                     loss = F.kl_div(F.log_softmax(out, dim=1), reference, log_target=True, reduction="sum")
                 (gradient,) = torch.autograd.grad(loss, current)
             adv = _project(current.detach() + step * gradient.sign(), clean, eps, bounds)
