@@ -136,3 +136,24 @@ def choice(value: object, name: str, options: Sequence[str]) -> str:
     if value not in options:
         raise AdvSpatialError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return str(value)
+
+
+def check_epsilon(value: object, name: str = "eps") -> float:
+    """Check that ``value`` is a finite number ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise AdvSpatialError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_clip(clip: object) -> tuple[float, float] | None:
+    """Check that ``clip`` is ``None`` or a pixel range ``(low, high)`` with ``low < high``."""
+    if clip is None:
+        return None
+    if (
+        not isinstance(clip, tuple | list)
+        or len(clip) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in clip)
+        or not clip[0] < clip[1]
+    ):
+        raise AdvSpatialError(f"clip must be None or a pixel range (low, high) with low < high, got {clip!r}")
+    return float(clip[0]), float(clip[1])

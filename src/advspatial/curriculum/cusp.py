@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advspatial.curriculum.pgd import check_clip, check_epsilon, linf_pgd
+from advspatial.curriculum.pgd import linf_pgd
 from advspatial.curriculum.schedule import CurriculumSchedule
 from advspatial.engine.model_state import check_model, check_same_device
 from advspatial.errors import (
     AdvSpatialError,
+    check_clip,
+    check_epsilon,
     check_images,
     check_labels,
     choice,

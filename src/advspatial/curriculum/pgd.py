@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advspatial.engine.model_state import check_model, check_same_device, scoring_mode
 from advspatial.errors import (
-    AdvSpatialError,
+    check_clip,
+    check_epsilon,
     check_images,
     check_label_range,
     check_labels,
@@ -24,27 +23,6 @@ from advspatial.errors import (
 __all__ = ["OBJECTIVES", "check_clip", "check_epsilon", "linf_pgd", "trades_loss"]
 
 OBJECTIVES: tuple[str, ...] = ("ce", "kl")
-
-
-def check_epsilon(value: object, name: str = "eps") -> float:
-    """Check that ``value`` is a finite number ``>= 0``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise AdvSpatialError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_clip(clip: object) -> tuple[float, float] | None:
-    """Check that ``clip`` is ``None`` or a pixel range ``(low, high)`` with ``low < high``."""
-    if clip is None:
-        return None
-    if (
-        not isinstance(clip, tuple | list)
-        or len(clip) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in clip)
-        or not clip[0] < clip[1]
-    ):
-        raise AdvSpatialError(f"clip must be None or a pixel range (low, high) with low < high, got {clip!r}")
-    return float(clip[0]), float(clip[1])
 
 
 def linf_pgd(

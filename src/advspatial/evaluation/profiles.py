@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from advspatial.curriculum.pgd import check_clip, check_epsilon, linf_pgd
+from advspatial.curriculum.pgd import linf_pgd
 from advspatial.engine.model_state import check_model, model_device, scoring_mode
-from advspatial.errors import AdvSpatialError, choice, positive_int
+from advspatial.errors import AdvSpatialError, check_clip, check_epsilon, choice, positive_int
 from advspatial.geometry.warp import INTERPOLATIONS, PADDINGS, _warp
 from advspatial.space.box import RotoTranslationBox
 
