@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from advspatial.engine.model_state import model_device, scoring_mode
+from advspatial.evaluation.outcomes import natural_outcome, search_outcome
+from advspatial.evaluation.sweeps import _collect
 from advspatial.strategies.base import SpatialSearch
 
 __all__ = ["AccuracyReport", "evaluate_accuracy"]
@@ -41,28 +42,12 @@ def evaluate_accuracy(
     progress: bool = False,
     desc: str = "evaluate",
 ) -> AccuracyReport:
-    """Natural accuracy (``search=None``) or accuracy under a search (worst-of-k, grid, S-PGD)."""
-    device = model_device(model) or torch.device("cpu")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
+    """Natural accuracy (``search=None``) or accuracy under a search (worst-of-k, grid, S-PGD).
 
-        batches = tqdm(loader, desc=desc, unit="batch", leave=False)
-    flags, evaluations, exhaustive = [], 0, 0
-    for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
-        if search is None:
-            with scoring_mode(model) as net, torch.inference_mode():
-                ok = net(images).argmax(dim=1) == labels
-            evaluations += len(labels)
-            exhaustive += len(labels)
-        else:
-            result = search.search(images, labels)
-            ok = result.correct
-            evaluations += result.evaluations
-            exhaustive += result.exhaustive_evaluations
-        flags.append(ok.cpu())
-    correct = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
-    accuracy = float(correct.float().mean()) if correct.numel() else float("nan")
-    return AccuracyReport(accuracy, correct, evaluations, exhaustive)
+    The loop of :mod:`advspatial.evaluation.sweeps` over ``DataLoader(dataset, batch_size)`` in
+    dataset order, reduced to the accuracy and the per-sample correctness.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    step = partial(natural_outcome, model) if search is None else partial(search_outcome, search)
+    result = _collect(desc, model, loader, step, progress)
+    return AccuracyReport(result.accuracy, result.correct, result.evaluations, result.exhaustive_evaluations)
