@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.checks import assert_model_unchanged, model_snapshot
+from tests.test_tasks import IGNORE, TinySegmenter, _blobs
 from torch import Tensor, nn
 
 from advspatial import (
@@ -17,8 +19,6 @@ from advspatial import (
     roto_translate_masks,
 )
 from advspatial.tasks import BoxRegression, KeypointRegression, Segmentation
-from tests.checks import assert_model_unchanged, model_snapshot
-from tests.test_tasks import IGNORE, TinySegmenter, _blobs
 
 
 def test_identity_transform_has_zero_equivariance_penalty() -> None:

@@ -11,7 +11,6 @@ from torch import Tensor
 from advspatial.errors import AdvSpatialError, choice
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.tasks.base import Task
-from advspatial.tasks.penalties import _wide
 
 __all__ = ["BoxRegression", "KeypointRegression"]
 

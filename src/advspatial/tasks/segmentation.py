@@ -12,7 +12,7 @@ from torch import Tensor
 from advspatial.errors import AdvSpatialError, choice
 from advspatial.geometry.warp import _warp, _warp_masks
 from advspatial.tasks.base import Task
-from advspatial.tasks.penalties import REGULARIZERS, _wide
+from advspatial.tasks.penalties import REGULARIZERS
 
 __all__ = ["Segmentation"]
 
