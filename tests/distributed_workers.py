@@ -162,6 +162,12 @@ def _fit_worst_of_k_with_loss(setup: dict[str, Any], out: dict[str, Any]) -> Non
         out["fit_unwrapped_loss"] = str(error)
 
 
+def rotation_model() -> nn.Module:
+    """A fixed random linear classifier: its predictions change with the rotation (unlike a weak CNN's)."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
 def _evaluation(setup: dict[str, Any], rank: int, out: dict[str, Any]) -> None:
     model = SmallCNN()
     model.load_state_dict(setup["eval_state"])
@@ -178,13 +184,14 @@ def _evaluation(setup: dict[str, Any], rank: int, out: dict[str, Any]) -> None:
     out["eval_worst"] = worst_of_k_accuracy(
         model, loader, k=5, generator=torch.Generator().manual_seed(3), **space
     )
+    linear = rotation_model()
     generator = torch.Generator().manual_seed(5)
-    out["eval_rotation_accuracy"] = rotation_accuracy(model, data, generator=generator, batch_size=16)
+    out["eval_rotation_accuracy"] = rotation_accuracy(linear, data, generator=generator, batch_size=16)
     out["eval_generator_after"] = generator.get_state()
     out["eval_invariance"] = invariance_profile(
-        model, loader, [0, 90, 180], generator=torch.Generator().manual_seed(6)
+        linear, loader, [0, 90, 180], generator=torch.Generator().manual_seed(6)
     )
-    out["eval_rotation_profile"] = rotation_profile(model, loader, angles=5)
+    out["eval_rotation_profile"] = rotation_profile(linear, loader, angles=5)
     for key, call in (
         ("eval_no_generator", lambda: random_accuracy(model, data)),
         ("eval_list", lambda: natural_accuracy(model, [(data.tensors[0][:2], data.tensors[1][:2])])),

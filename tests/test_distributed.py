@@ -182,12 +182,13 @@ def test_sharded_worst_of_k_equals_one_process_with_the_same_seed(
 def test_sharded_rotation_metrics_equal_one_process(
     setup: dict[str, Any], ranks: list[dict[str, Any]]
 ) -> None:
-    model, loader = _eval_reference(setup)
+    _, loader = _eval_reference(setup)
+    model = workers.rotation_model()
     generator = torch.Generator().manual_seed(5)
     spatial = rotation_accuracy(model, loader, generator=generator)
     invariance = invariance_profile(model, loader, [0, 90, 180], generator=torch.Generator().manual_seed(6))
     profile = rotation_profile(model, loader, angles=5)
-    assert 0.0 < spatial < 1.0 and invariance.agreement[2] < 1.0
+    assert 0.0 < spatial < 1.0 and 0.0 < invariance.agreement[2] < 1.0  # the draws matter
     for out in ranks:
         assert out["eval_rotation_accuracy"] == spatial
         # every rank consumed the whole stream, as one process does

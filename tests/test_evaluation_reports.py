@@ -316,3 +316,29 @@ def test_search_cost_measures_the_same_pairs(model) -> None:
     assert cost.ratio == pytest.approx(cost.search_seconds / cost.bare_seconds)
     with pytest.raises(AdvSpatialError, match="exhaustive"):
         measure_search_cost(GridSearchRotoTranslation(model, early_exit=True), images, labels)
+
+
+def test_worst_of_k_scores_the_candidates_it_is_given(model) -> None:
+    images, labels = torch.rand(5, 1, 12, 12), torch.tensor([0, 1, 2, 3, 4])
+    attack = WorstOfK(model, k=3, generator=torch.Generator().manual_seed(2))
+    table = attack.sample(5, torch.device("cpu"), torch.Generator().manual_seed(7))
+    state = attack.generator.get_state()  # type: ignore[union-attr]
+    whole = attack.search(images, labels, candidates=table)
+    assert torch.equal(attack.generator.get_state(), state)  # type: ignore[union-attr]  # nothing drawn
+    drawn = WorstOfK(model, k=3).search(images, labels, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(whole.params, drawn.params) and torch.equal(whole.correct, drawn.correct)
+    part = attack.search(images[2:], labels[2:], candidates=table[2:])
+    assert torch.equal(part.params, whole.params[2:])
+    assert bool((whole.candidate_losses is not None) and whole.candidate_losses.shape == (5, 3))
+    for bad, match in (
+        (table[:4], r"candidates must have shape \(5, K, 3\)"),
+        (table[:, :, :2], r"candidates must have shape \(5, K, 3\)"),
+        (table[:, :0], r"K >= 1"),
+        (table.long(), "floating point"),
+        (table * float("nan"), "finite"),
+        ("grid", "torch.Tensor"),
+    ):
+        with pytest.raises(AdvSpatialError, match=match):
+            attack.search(images, labels, candidates=bad)  # type: ignore[arg-type]
+    with pytest.raises(AdvSpatialError, match="either candidates or generator"):
+        attack.search(images, labels, candidates=table, generator=torch.Generator())

@@ -3,6 +3,8 @@
 Launch any script with ``torchrun --nproc_per_node N script.py``; :func:`init_distributed` reads
 ``torchrun``'s environment and chooses gloo on CPU, NCCL on CUDA. Searches score a DDP-wrapped model
 through ``.module``: the extra forward passes trigger no gradient hooks and no buffer broadcasts.
+Evaluation needs nothing from here: every function of :mod:`advspatial.evaluation` shards its data
+by itself when a process group is running.
 """
 
 from advspatial.distributed.collectives import (
