@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AdvSpatialError", "check_images", "check_labels", "check_params"]
+__all__ = ["AdvSpatialError", "check_candidates", "check_images", "check_labels", "check_params"]
 
 
 class AdvSpatialError(ValueError):
@@ -157,3 +157,26 @@ def check_clip(clip: object) -> tuple[float, float] | None:
     ):
         raise AdvSpatialError(f"clip must be None or a pixel range (low, high) with low < high, got {clip!r}")
     return float(clip[0]), float(clip[1])
+
+
+def check_candidates(candidates: object, batch: int, name: str = "candidates") -> Tensor:
+    """Check that ``candidates`` is a float ``(batch, K, 3)`` tensor of finite rows, ``K >= 1``."""
+    if not isinstance(candidates, Tensor):
+        raise AdvSpatialError(
+            f"{name} must be a torch.Tensor of shape ({batch}, K, 3), got {type(candidates).__name__}"
+        )
+    if (
+        candidates.ndim != 3
+        or candidates.shape[0] != batch
+        or candidates.shape[2] != 3
+        or not candidates.shape[1]
+    ):
+        raise AdvSpatialError(
+            f"{name} must have shape ({batch}, K, 3) with K >= 1 rows (angle_degrees, tx_pixels, ty_pixels) "
+            f"per image, got {tuple(candidates.shape)}"
+        )
+    if not candidates.is_floating_point():
+        raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {candidates.dtype}")
+    if candidates.numel() and not bool(torch.isfinite(candidates.detach()).all()):
+        raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
+    return candidates
