@@ -188,7 +188,7 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     def update_transform_params(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """albumentations' own step (it reads the image's shape), after checking there is an image."""
         _scored_image(data)
-        return super().update_transform_params(params, data)  # type: ignore[no-any-return]
+        return super().update_transform_params(params, data)
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """Run the search on the call's image and label; the chosen row is ``params["roto"]``."""
