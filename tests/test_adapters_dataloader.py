@@ -157,7 +157,7 @@ def test_bad_arguments() -> None:
 def test_every_form_scores_in_the_models_dtype_and_keeps_the_images(
     image_dtype: torch.dtype, model_dtype: torch.dtype
 ) -> None:
-    """Issue 15: a float16/float64 batch with a float32 model (and the reverse) does not crash in the model."""
+    """Issue 15: float16/float64 with a float32 model (and the reverse) does not crash in the model."""
     search = grid_search(tiny_model().to(model_dtype))
     images, labels = _data(4).tensors
     images = images.to(image_dtype)
