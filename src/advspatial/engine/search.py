@@ -167,7 +167,8 @@ def score_candidates(
             ``.module``. Its training flags, weights, buffers and gradients are left as they were.
         images: ``(B, C, H, W)`` float images on the model's device (validated by the caller).
         labels: ``(B,)`` long labels, or ``None`` to score the divergence from the clean prediction.
-        candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``.
+        candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``, or
+            ``(K, 6)`` / ``(B, K, 6)`` affine rows ``(angle, tx, ty, scale, shear_x, shear_y)``.
         config: warping and chunking options.
         early_exit: accuracy only: stop scoring an image once a candidate fools the model. Pairs are
             tried in an adaptive order (see :mod:`advspatial.engine.ordering`) and packed into
