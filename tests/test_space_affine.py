@@ -69,13 +69,15 @@ def test_samples_stay_in_range_and_scale_is_log_uniform() -> None:
     assert abs(float((log_scale < -math.log(2) / 2).double().mean()) - 0.25) < 0.01
 
 
-def test_same_generator_same_draws_and_first_columns_are_the_roto_translation_draws() -> None:
+def test_same_generator_same_draws_whatever_the_batching() -> None:
     box = AffineBox(30, 3, scale=(0.9, 1.1), shear=5)
     a = box.sample((5, 4), generator=torch.Generator().manual_seed(7))
     b = box.sample((5, 4), generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a, b)
-    roto = RotoTranslationBox(30, 3).sample((5, 4), generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a[..., :3], roto)
+    c = box.sample((5, 4), generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    generator = torch.Generator().manual_seed(7)
+    split = torch.cat([box.sample((2, 4), generator=generator), box.sample((3, 4), generator=generator)])
+    assert torch.equal(split, a)
     flat = AffineBox(30, 3).sample((5, 4), generator=torch.Generator().manual_seed(7))
     assert torch.equal(flat[..., 3:], torch.tensor([1.0, 0.0, 0.0]).expand(5, 4, 3))
 

@@ -128,8 +128,9 @@ class AffineBox:
     ) -> Tensor:
         """Draw rows from the box: uniform per axis, ``scale`` log-uniform.
 
-        The first three columns are drawn first, exactly as :meth:`RotoTranslationBox.sample` draws
-        them, so a box without scale or shear draws the same roto-translations from the same generator.
+        Six uniforms per row, consecutive in the generator's stream, so drawing ``(B1, K)`` then
+        ``(B2, K)`` gives the rows of one ``(B1 + B2, K)`` draw (a dataset walked in batches gets the
+        same candidates whatever the batch size).
 
         Args:
             shape: leading shape, e.g. ``(B, K)``; the result is ``(*shape, 6)``.
@@ -137,16 +138,14 @@ class AffineBox:
             device: where the result goes.
             dtype: float dtype of the result.
         """
-        roto = self.roto_translation.sample(shape, generator=generator, device=device, dtype=torch.float64)
         draw_device = generator.device if generator is not None else device
-        unit = torch.rand((*shape, 3), generator=generator, device=draw_device, dtype=torch.float64)
-        unit = unit.to(roto.device)
+        unit = torch.rand((*shape, 6), generator=generator, device=draw_device, dtype=torch.float64)
+        lows, highs = self._limits(draw_device, torch.float64)
         log_low, log_high = math.log(self.scale[0]), math.log(self.scale[1])
-        scale = torch.exp(log_low + unit[..., :1] * (log_high - log_low)).clamp(*self.scale)
-        shear = (unit[..., 1:] * 2.0 - 1.0) * torch.tensor(
-            self.shear, dtype=torch.float64, device=roto.device
-        )
-        return torch.cat([roto, scale, shear], dim=-1).to(device=device, dtype=dtype)
+        rows = lows + unit * (highs - lows)
+        scale = torch.exp(log_low + unit[..., 3] * (log_high - log_low)).clamp(*self.scale)
+        rows = torch.cat([rows[..., :3], scale.unsqueeze(-1), rows[..., 4:]], dim=-1)
+        return rows.to(device=device, dtype=dtype)
 
     def grid(
         self,
