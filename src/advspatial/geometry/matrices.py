@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from advspatial.errors import check_canvas_size, check_params
+
 __all__ = ["forward_matrices", "sampling_matrices"]
 
 
@@ -34,8 +36,8 @@ def forward_matrices(params: Tensor, canvas_size: tuple[int, int]) -> Tensor:
         >>> (m[0, :, :2] @ torch.tensor([3.0, 2.0]) + m[0, :, 2]).round().tolist()  # right of centre goes up
         [2.0, 1.0]
     """
-    cos, sin, tx, ty = _rotation_terms(params)
-    height, width = canvas_size
+    height, width = check_canvas_size(canvas_size)
+    cos, sin, tx, ty = _rotation_terms(check_params(params, None))
     cx, cy = width / 2.0, height / 2.0
     # y points down, so a counter-clockwise turn on screen is [[cos, sin], [-sin, cos]].
     row_x = torch.stack([cos, sin, cx - cos * cx - sin * cy + tx], dim=-1)

@@ -22,6 +22,7 @@ from advspatial.errors import (
     check_logits,
     check_params,
     choice,
+    images_in_model_dtype,
 )
 from advspatial.geometry.warp import roto_translate
 from advspatial.losses.regularizers import PAPER_WEIGHTS, REGULARIZERS, _wide
@@ -191,7 +192,7 @@ class InvarianceRegularizedLoss(nn.Module):
         Returns:
             A scalar tensor; :attr:`last` holds its components.
         """
-        images = check_images(images)
+        images = images_in_model_dtype(check_images(images), self.model)
         check_same_device(self.model, images)
         if images.shape[0] == 0:
             raise AdvSpatialError("images must hold at least one image to compute a mean loss, got 0")

@@ -15,6 +15,7 @@ from advspatial.errors import (
     check_label_range,
     check_logits,
     flag,
+    images_fit_model,
     optional_generator,
     positive_int,
     symmetric_range,
@@ -97,9 +98,17 @@ class SpatialPGD(SpatialSearch):
     def search(
         self, images: Tensor, labels: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> SearchResult:
-        """Run the attack; returns the worst iterate per image."""
+        """Run the attack; returns the worst iterate per image (also under ``torch.inference_mode``)."""
+        with torch.inference_mode(False):
+            return self._search(images, labels, optional_generator(generator))
+
+    def _search(
+        self, images: Tensor, labels: Tensor | None, generator: torch.Generator | None
+    ) -> SearchResult:
         images, labels = self._check_inputs(images, labels)
-        images = images.detach()
+        # Tensors made under inference_mode cannot be saved for the gradient: plain copies.
+        images = images.clone() if images.is_inference() else images.detach()
+        labels = labels.clone() if labels is not None and labels.is_inference() else labels
         batch, device = images.shape[0], images.device
         if self.random_start:
             params = self.box.sample((batch,), generator=generator or self.generator, device=device)
@@ -113,7 +122,7 @@ class SpatialPGD(SpatialSearch):
         evaluations = 0 if labels is not None else batch
         if batch == 0:
             return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0)
-        with scoring_mode(self.model) as net:
+        with scoring_mode(self.model) as net, images_fit_model(images):
             targets = _targets(net, images, labels, self.config)
             for iteration in range(self.steps + 1):
                 with torch.enable_grad():

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import flag
+from advspatial.errors import check_grid_size, flag, images_fit_model
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 
@@ -82,15 +82,17 @@ class GridSearchRotoTranslation(SpatialSearch):
         self.rotations = rotations
         self.translations = translations
         self.early_exit = early_exit
+        check_grid_size(rotations, translations)
         self.candidates = self.box.grid(rotations, translations)
 
     def search(self, images: Tensor, labels: Tensor | None = None) -> SearchResult:
         """Score the whole grid for every image (or until fooled, with ``early_exit``)."""
         images, labels = self._check_inputs(images, labels)
         candidates = self.candidates.to(images.device)
-        scores = score_candidates(
-            self.model, images, labels, candidates, self.config, early_exit=self.early_exit
-        )
+        with images_fit_model(images):
+            scores = score_candidates(
+                self.model, images, labels, candidates, self.config, early_exit=self.early_exit
+            )
         return self._result(scores, candidates)
 
     def _extra_repr(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import flag, optional_generator, positive_int
+from advspatial.errors import candidate_count, flag, images_fit_model, optional_generator
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 
@@ -82,7 +82,7 @@ class WorstOfK(SpatialSearch):
             chunk_size=chunk_size,
             autocast=autocast,
         )
-        self.k = positive_int(k, "k")
+        self.k = candidate_count(k, "k")
         flag(include_identity, "include_identity")
         optional_generator(generator)
         self.include_identity = include_identity
@@ -90,7 +90,8 @@ class WorstOfK(SpatialSearch):
 
     def sample(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         """Draw the ``(batch, k [+ 1], 3)`` candidate set (identity first when included)."""
-        draws = self.box.sample((batch, self.k), generator=generator or self.generator, device=device)
+        generator = optional_generator(generator) or self.generator
+        draws = self.box.sample((batch, self.k), generator=generator, device=device)
         if self.include_identity:
             draws = torch.cat([torch.zeros(batch, 1, 3, device=device), draws], dim=1)
         return draws
@@ -107,7 +108,8 @@ class WorstOfK(SpatialSearch):
         """
         images, labels = self._check_inputs(images, labels)
         candidates = self.sample(images.shape[0], images.device, generator)
-        scores = score_candidates(self.model, images, labels, candidates, self.config)
+        with images_fit_model(images):
+            scores = score_candidates(self.model, images, labels, candidates, self.config)
         return self._result(scores, candidates)
 
     def _extra_repr(self) -> dict[str, Any]:
