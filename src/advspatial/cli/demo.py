@@ -29,9 +29,6 @@ from advspatial.distributed import (
     is_main_process,
     launched_by_torchrun,
     rank_generator,
-    sharded_grid_accuracy,
-    sharded_search_accuracy,
-    sharded_worst_of_k_accuracy,
     wrap_ddp,
 )
 from advspatial.evaluation.landscape import loss_landscape
@@ -220,27 +217,26 @@ def run_demo(
         recipe.train(model, train, run)
         seconds = time.perf_counter() - start
         work.finish()
-        if _sharded():  # the same numbers as one process, each rank scoring its shard
-            natural = sharded_search_accuracy(model, test, None, progress=progress)
-            rand = sharded_worst_of_k_accuracy(
-                model, test, k=1, seed=seed + 2, name="random", progress=progress
-            )
-            worst = sharded_worst_of_k_accuracy(model, test, k=10, seed=seed + 1, progress=progress)
-            grid = sharded_grid_accuracy(model, test, early_exit=True, progress=progress)
-        else:  # the bars name the recipe; the sweeps' own bars would not
-            natural = natural_accuracy(model, bar(loader, f"natural {recipe.name}", progress))
-            rand = random_accuracy(
-                model,
-                bar(loader, f"random {recipe.name}", progress),
-                generator=torch.Generator().manual_seed(seed + 2),
-            )
-            worst = worst_of_k_accuracy(
-                model,
-                bar(loader, f"worst-of-10 {recipe.name}", progress),
-                k=10,
-                generator=torch.Generator().manual_seed(seed + 1),
-            )
-            grid = grid_accuracy(model, bar(loader, f"grid {recipe.name}", progress), early_exit=True)
+        # Under torchrun each sweep shards the test set and returns the one-process numbers; in one
+        # process the bars are the demo's own, named after the recipe.
+        shown = progress and _sharded()
+        natural = natural_accuracy(model, _walked(loader, f"natural {recipe.name}", progress), progress=shown)
+        rand = random_accuracy(
+            model,
+            _walked(loader, f"random {recipe.name}", progress),
+            generator=torch.Generator().manual_seed(seed + 2),
+            progress=shown,
+        )
+        worst = worst_of_k_accuracy(
+            model,
+            _walked(loader, f"worst-of-10 {recipe.name}", progress),
+            k=10,
+            generator=torch.Generator().manual_seed(seed + 1),
+            progress=shown,
+        )
+        grid = grid_accuracy(
+            model, _walked(loader, f"grid {recipe.name}", progress), early_exit=True, progress=shown
+        )
         row = DemoRow(
             name=recipe.name,
             natural=natural.accuracy,
@@ -252,6 +248,10 @@ def run_demo(
             grid_exhaustive_evaluations=grid.exhaustive_evaluations,
         )
         rows.append(row)
+        if output is not None:  # every rank: it shards itself
+            profile = rotation_profile(
+                model, _walked(loader, f"rotation profile {recipe.name}", progress), progress=shown
+            )
         if output is not None and is_main_process():
             table[recipe.name] = {
                 "natural": natural.accuracy,
@@ -259,12 +259,10 @@ def run_demo(
                 "worst-of-10": worst.accuracy,
                 "grid": grid.accuracy,
             }
-            profiles[recipe.name] = rotation_profile(
-                model, bar(loader, f"rotation profile {recipe.name}", progress)
-            )
+            profiles[recipe.name] = profile
             images, labels = test.tensors[0][:3], test.tensors[1][:3]
             landscape = loss_landscape(model, images, labels)
-            landscape.save_plot(Path(output) / f"landscape_{_slug(recipe.name)}.png")
+            landscape.save_plot(Path(output) / f"landscape_{_slug(recipe.name)}.png", model=recipe.name)
         evaluated = time.perf_counter() - start - seconds
         work.finish(units=_evaluation_units(count, grid.evaluations, plots))
         left = f"; {work.describe()}" if progress and number < len(recipes) else ""
@@ -272,6 +270,12 @@ def run_demo(
     if output is not None and is_main_process():
         _write_summary_plots(table, profiles, Path(output))
     return rows
+
+
+def _walked(loader: DataLoader[Any], label: str, progress: bool) -> Any:
+    """``loader`` under a progress bar named ``label``; under torchrun the plain loader (the sweeps
+    shard a DataLoader, and show their own bars on rank 0)."""
+    return loader if _sharded() else bar(loader, label, progress)
 
 
 def _silent(line: str) -> None:
