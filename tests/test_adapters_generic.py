@@ -226,9 +226,9 @@ def test_albu_dual_transform_contracts(name: str, dtype: type, channels: int | N
     assert data["image"].dtype == dtype and data["image"].shape == image.shape
     assert data["mask"].dtype == np.uint8 and data["mask"].shape == mask.shape
     assert np.array_equal(image, image_copy) and np.array_equal(mask, mask_copy)
-    flipped = np.ascontiguousarray(image[::-1])[::-1]  # a non-contiguous view of the same pixels
-    assert not flipped.flags["C_CONTIGUOUS"] or flipped.base is not None
-    assert transform(image=image[:, ::-1], label=1)["image"].shape == image.shape
+    view = image[:, ::-1]
+    assert not view.flags["C_CONTIGUOUS"]
+    assert transform(image=view, label=1)["image"].shape == image.shape
 
 
 def test_albu_mask_fill_value() -> None:

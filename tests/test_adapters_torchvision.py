@@ -287,3 +287,13 @@ def test_last_result_is_the_search_the_output_came_from() -> None:
     images = torch.rand(3, 1, SIZE, SIZE)
     out, _ = transform(images, torch.tensor([0, 1, 2]))
     assert torch.equal(out, roto_translate(images, transform.last_result.params))  # type: ignore[union-attr]
+
+
+def test_boxes_in_a_batch_are_refused() -> None:
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[1.0, 2.0, 5.0, 6.0]]), format="XYXY", canvas_size=(SIZE, SIZE)
+    )
+    with pytest.raises(AdvSpatialError, match="apply SpatialSearchV2 per sample"):
+        SpatialSearchV2(grid_search(tiny_model()))(
+            torch.rand(2, 1, SIZE, SIZE), {"labels": torch.tensor([0, 1]), "boxes": boxes}
+        )
