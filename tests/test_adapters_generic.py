@@ -446,3 +446,25 @@ def test_kornia_gradcheck_and_exceptions() -> None:
             SpatialSearchKornia(grid_search(any_shape_model()), **kwargs)
     with aug.labels(torch.tensor([1, 2])), pytest.raises(AdvSpatialError, match="labels must have shape"):
         aug(torch.rand(3, 3, 5, 5))
+
+
+@pytest.mark.cuda
+def test_every_adapter_scores_on_the_models_device() -> None:
+    """A CUDA model with CPU inputs: the search runs on the model's device, the outputs stay on the CPU."""
+    search = grid_search(any_shape_model().cuda())
+    images = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(9))
+    labels = torch.tensor([0, 1])
+    rows = search.search(images.cuda(), labels.cuda()).params.cpu()
+    out, _ = SpatialSearchV2(search)(images, labels)
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, roto_translate(images, rows))
+    aug = SpatialSearchKornia(search)
+    with aug.labels(labels):
+        out = aug(images)
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, roto_translate(images, rows))
+    image = images[0].permute(1, 2, 0).numpy()
+    moved = SpatialSearchAlbumentations(search)(image=image, label=0)["image"]
+    torch.testing.assert_close(
+        torch.from_numpy(moved), roto_translate(images[:1], rows[:1])[0].permute(1, 2, 0)
+    )
