@@ -223,7 +223,12 @@ def test_make_params_and_transform_are_the_extension_points() -> None:
     assert torch.equal(applied, roto_translate(image[None], row)[0]) and label == 4
     with pytest.raises(AdvSpatialError, match="make_params needs the labels"):
         transform.make_params([image])
-    assert type(transform).forward is not v2.Transform.forward  # only reads labels, then v2's forward
+    calls: list[str] = []
+    make_params, move = transform.make_params, transform.transform
+    transform.make_params = lambda flat: calls.append("make_params") or make_params(flat)  # type: ignore[method-assign]
+    transform.transform = lambda x, p: calls.append("transform") or move(x, p)  # type: ignore[method-assign]
+    transform(image, {"label": 4, "mask": tv_tensors.Mask(mask)})
+    assert calls == ["make_params", "transform", "transform"]  # v2's forward drives both (label untouched)
 
 
 def test_integer_keypoints_and_boxes_keep_their_dtype() -> None:
