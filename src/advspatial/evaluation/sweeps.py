@@ -1,30 +1,30 @@
-"""Accuracy of a model over a DataLoader: natural, random, worst-of-k, grid and first-order (layer 7).
+"""Accuracy of a model over a dataset: natural, random, worst-of-k, grid and first-order (layer 7).
 
-Every function walks the loader once, runs the search batch by batch on the model's device (the
-model is left exactly as it was) and returns a :class:`SweepResult`: the accuracy plus per-sample
-details in loader order (correctness, the transform chosen, its loss), ready for JSON or a plot.
+Every function walks the data once with :func:`advspatial.evaluation.walk.walk` (sharded by itself
+under ``torchrun``), runs the search batch by batch on the model's device (the model is left
+exactly as it was) and returns a :class:`SweepResult`: the accuracy plus per-sample details in
+dataset order (correctness, the transform chosen, its loss), ready for JSON or a plot.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from advspatial.engine.model_state import check_model, model_device
-from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
-from advspatial.evaluation.outcomes import Outcome, OutcomeRows, natural_outcome, search_outcome
+from advspatial.errors import AdvSpatialError, positive_int
+from advspatial.evaluation.plots import plot_chosen_transforms
+from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, model_outputs, walk
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
 from advspatial.strategies.grid import GridSearchRotoTranslation
 from advspatial.strategies.worst_of_k import WorstOfK
+from advspatial.tasks import Classification, Task, check_task
 
 __all__ = [
     "SweepResult",
@@ -37,35 +37,50 @@ __all__ = [
     "worst_of_k_accuracy",
 ]
 
-Batches = Iterable[Any]
-
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Accuracy of a model under one attack over a whole loader, with per-sample details.
+    """Accuracy of a model under one attack over a whole dataset, with per-sample details.
 
     Attributes:
         name: the attack, e.g. ``"grid"``.
-        accuracy: fraction of samples that withstood the attack (``nan`` for an empty loader).
-        correct: ``(N,)`` bool per sample, in loader order.
-        labels: ``(N,)`` long labels.
+        accuracy: fraction of samples that withstood the attack (``nan`` for empty data).
+        correct: ``(N,)`` bool per sample, in dataset order: right under the attack as the task
+            judges it (the class; for segmentation a pixel accuracy of at least
+            ``min_pixel_accuracy`` under every candidate: the robust fraction).
+        targets: the targets as walked: ``(N,)`` labels, ``(N, H, W)`` masks, ...
         params: ``(N, 3)`` transform chosen per sample, rows ``(angle_degrees, tx_px, ty_px)``
             (zeros for the natural accuracy).
-        loss: ``(N,)`` cross-entropy of the chosen transform.
-        evaluations: forward evaluations spent.
+        loss: ``(N,)`` objective of the chosen transform (cross-entropy for classification).
+        evaluations: forward evaluations spent (under ``torchrun``: by all ranks, the sampler's
+            padding included).
         exhaustive_evaluations: what the attack would spend without early exit.
         seconds: wall time of the sweep.
+        metrics: the task's dataset-level metrics of the chosen transforms, e.g. ``{"miou": ...,
+            "pixel_accuracy": ...}`` for segmentation (the worst candidate of each image, its
+            confusion counts summed over the dataset); empty for classification.
     """
 
     name: str
     accuracy: float
     correct: Tensor
-    labels: Tensor
+    targets: Tensor
     params: Tensor
     loss: Tensor
     evaluations: int
     exhaustive_evaluations: int
     seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> Tensor:
+        """The targets (the labels, for classification)."""
+        return self.targets
+
+    @property
+    def saved_evaluations(self) -> int:
+        """Forward evaluations that early exit did not need."""
+        return self.exhaustive_evaluations - self.evaluations
 
     def to_dict(self, *, per_sample: bool = True) -> dict[str, Any]:
         """Plain JSON-ready numbers (non-finite losses become ``None``)."""
@@ -76,6 +91,7 @@ class SweepResult:
             "evaluations": self.evaluations,
             "exhaustive_evaluations": self.exhaustive_evaluations,
             "seconds": self.seconds,
+            "metrics": {key: None if math.isnan(value) else value for key, value in self.metrics.items()},
         }
         if per_sample:
             summary["correct"] = [bool(v) for v in self.correct.tolist()]
@@ -83,60 +99,98 @@ class SweepResult:
             summary["loss"] = [float(v) if math.isfinite(v) else None for v in self.loss.tolist()]
         return summary
 
-    def save_plot(self, path: str | Path) -> Path:
-        """Scatter of the chosen (angle, tx) per sample, fooled ones in red; a 640 x 480 PNG."""
-        from advspatial.evaluation.plots import plot_chosen_transforms
+    def save_plot(self, path: str | Path, *, model: str | None = None) -> Path:
+        """The chosen (angle, tx) and (angle, ty) per sample, fooled in red, sized by count; 640 x 480 PNG.
 
-        return plot_chosen_transforms(self, path)
-
-
-def _batch_pair(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    if not (isinstance(batch, Sequence) and len(batch) == 2):
-        raise AdvSpatialError(
-            f"loader must yield (images, labels) pairs, got {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, Sequence) else "")
-        )
-    images = check_images(batch[0])
-    labels = check_labels(batch[1], images.shape[0], device)
-    return images.to(device), labels
+        Args:
+            path: where the PNG goes (folders are created).
+            model: the model's (or recipe's) name for the title.
+        """
+        prefix = "" if model is None else f"{model}, "
+        title = f"{prefix}{self.name}: accuracy {100 * self.accuracy:.1f}% of {self.correct.numel()} images"
+        return plot_chosen_transforms(self.params, self.correct, path, title=title)
 
 
-def _iterate(loader: Batches, progress: bool, desc: str) -> Iterable[Any]:
-    if not progress:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=desc, unit="batch", leave=False)
-
-
-def _collect(
-    name: str, model: nn.Module, loader: Batches, step: Callable[[Tensor, Tensor], Outcome], progress: bool
-) -> SweepResult:
-    check_model(model)
-    device = model_device(model) or torch.device("cpu")
-    start = time.perf_counter()
-    rows = OutcomeRows()
-    for batch in _iterate(loader, progress, name):
-        images, targets = _batch_pair(batch, device)
-        rows.add(step(images, targets), targets)
-    found = rows.tensors()
+def _sweep_result(name: str, walked: Walk, task: Task) -> SweepResult:
+    correct = walked.row("correct", torch.zeros(0, dtype=torch.bool))
+    statistics = walked.rows.get("statistics")
     return SweepResult(
         name=name,
-        accuracy=float(found["correct"].float().mean()) if found["correct"].numel() else float("nan"),
-        **found,
-        evaluations=rows.evaluations,
-        exhaustive_evaluations=rows.exhaustive_evaluations,
-        seconds=time.perf_counter() - start,
+        accuracy=float(correct.float().mean()) if correct.numel() else float("nan"),
+        correct=correct,
+        targets=walked.rows["targets"],
+        metrics={} if statistics is None else task.summarize(statistics),
+        params=walked.row("params", torch.zeros(0, 3)),
+        loss=walked.row("loss", torch.zeros(0)),
+        evaluations=walked.counts.get("evaluations", 0),
+        exhaustive_evaluations=walked.counts.get("exhaustive_evaluations", 0),
+        seconds=walked.seconds,
     )
 
 
-def natural_accuracy(model: nn.Module, loader: Batches, *, progress: bool = False) -> SweepResult:
+def _natural_step(model: nn.Module, task: Task) -> Step:
+    def step(images: Tensor, targets: Tensor, index: Tensor) -> BatchRows:
+        outputs = model_outputs(model, images, task)
+        loss, correct = task.objective(outputs, targets)
+        count = int(targets.shape[0])
+        rows = {"correct": correct, "params": torch.zeros(count, 3), "loss": loss.float()}
+        statistics = task.statistics(outputs, targets)
+        if statistics is not None:
+            rows["statistics"] = statistics
+        return BatchRows(rows, {"evaluations": count, "exhaustive_evaluations": count})
+
+    return step
+
+
+def _search_step(search: SpatialSearch, draws: KeyedDraws | None) -> Step:
+    def step(images: Tensor, targets: Tensor, index: Tensor) -> BatchRows:
+        if draws is None:
+            result = search.search(images, targets)
+        else:  # each sample meets the candidates of its dataset index, whatever its batch or rank
+            assert isinstance(search, WorstOfK)
+            result = search.search(images, targets, candidates=draws(index, images.device))
+        rows = {"correct": result.correct, "params": result.params.float(), "loss": result.loss.float()}
+        counts = {"evaluations": result.evaluations, "exhaustive_evaluations": result.exhaustive_evaluations}
+        if result.targets is not None and _has_statistics(search.task):
+            # One more forward pass per image (not counted as a search evaluation): the outputs
+            # under the chosen transform, scored against the targets moved with it.
+            outputs = model_outputs(search.model, search.apply(images, result.params), search.task)
+            statistics = search.task.statistics(outputs, result.targets)
+            if statistics is not None:
+                rows["statistics"] = statistics
+        return BatchRows(rows, counts)
+
+    return step
+
+
+def _has_statistics(task: Task) -> bool:
+    return type(task).statistics is not Task.statistics
+
+
+def _keyed_candidates(search: SpatialSearch) -> KeyedDraws | None:
+    """A worst-of-k's candidates keyed by dataset index (row ``i``: the ``i``-th draw of its generator)."""
+    if not isinstance(search, WorstOfK):
+        return None
+    return KeyedDraws(lambda count, device: search.sample(count, device), search.generator)
+
+
+def natural_accuracy(
+    model: nn.Module,
+    data: Data,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    task: Task | None = None,
+) -> SweepResult:
     """Accuracy on the untransformed images.
 
     Args:
-        model: classifier returning ``(N, num_classes)`` logits.
-        loader: a ``DataLoader`` (or any iterable) of ``(images (B, C, H, W) float, labels (B,))``.
+        model: the model (a classifier returning ``(N, num_classes)`` logits by default).
+        data: a map-style ``Dataset`` of ``(image, target)`` pairs, a ``DataLoader``, or any
+            iterable of ``(images (B, C, H, W) float, targets)`` batches.
+        batch_size: images per batch for a ``Dataset`` (default 256).
         progress: show a progress bar.
+        task: what the targets are (:mod:`advspatial.tasks`; default classification labels).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -145,14 +199,36 @@ def natural_accuracy(model: nn.Module, loader: Batches, *, progress: bool = Fals
         >>> result.correct.shape, result.evaluations
         (torch.Size([4]), 4)
     """
-
-    return _collect("natural", model, loader, partial(natural_outcome, model), progress)
+    task = Classification() if task is None else check_task(task)
+    walked = walk(
+        model,
+        data,
+        _natural_step(model, task),
+        name="natural",
+        batch_size=batch_size,
+        progress=progress,
+        task=task,
+    )
+    return _sweep_result("natural", walked, task)
 
 
 def search_accuracy(
-    model: nn.Module, loader: Batches, search: SpatialSearch, *, name: str = "search", progress: bool = False
+    model: nn.Module,
+    data: Data,
+    search: SpatialSearch,
+    *,
+    name: str = "search",
+    batch_size: int | None = None,
+    progress: bool = False,
 ) -> SweepResult:
     """Accuracy under any :class:`advspatial.SpatialSearch` (the search holds ``model``).
+
+    The data's targets are those of the search's task; for a dense task the result's ``metrics``
+    hold the task's dataset-level metrics of the chosen transforms (e.g. mean IoU).
+
+    A :class:`advspatial.WorstOfK` scores, for sample ``i``, row ``i`` of its generator's
+    sequential draws (through ``search(..., candidates=...)``): the numbers do not depend on the
+    batch size, nor on the number of ``torchrun`` processes.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -166,58 +242,77 @@ def search_accuracy(
         raise AdvSpatialError(f"search must be an advspatial.SpatialSearch, got {type(search).__name__}")
     if search.model is not model:
         raise AdvSpatialError("search must hold the same model object that is evaluated")
-
-    return _collect(name, model, loader, partial(search_outcome, search), progress)
+    draws = _keyed_candidates(search)
+    walked = walk(
+        model,
+        data,
+        _search_step(search, draws),
+        name=name,
+        batch_size=batch_size,
+        progress=progress,
+        draws=() if draws is None else (draws,),
+        task=search.task,
+    )
+    return _sweep_result(name, walked, search.task)
 
 
 def random_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Accuracy under one uniformly random roto-translation per image (worst-of-1)."""
     search = WorstOfK(
-        model, k=1, max_rotation=max_rotation, max_translation=max_translation, generator=generator
+        model, k=1, max_rotation=max_rotation, max_translation=max_translation, generator=generator, task=task
     )
-    return search_accuracy(model, loader, search, name="random", progress=progress)
+    return search_accuracy(model, data, search, name="random", batch_size=batch_size, progress=progress)
 
 
 def worst_of_k_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     k: int = 10,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Accuracy under the worst of ``k`` random roto-translations per image (Engstrom et al. 2019)."""
     search = WorstOfK(
-        model, k=k, max_rotation=max_rotation, max_translation=max_translation, generator=generator
+        model, k=k, max_rotation=max_rotation, max_translation=max_translation, generator=generator, task=task
     )
-    return search_accuracy(model, loader, search, name=f"worst_of_{k}", progress=progress)
+    return search_accuracy(
+        model, data, search, name=f"worst_of_{k}", batch_size=batch_size, progress=progress
+    )
 
 
 def grid_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     rotations: int = 31,
     translations: int | Sequence[int] = 5,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     early_exit: bool = True,
+    batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Grid accuracy: right on every point of the rotation x translation grid (31 x 5 x 5 by default).
 
     With ``early_exit`` (default) an image stops being scored once fooled: the accuracy is exact and
-    ``evaluations`` tells the work spent; the chosen params of a fooled image are *a* fooling one.
+    ``evaluations`` tells the work spent; the chosen params of a fooled image are *a* fooling one
+    (and may depend on which images share its batch).
     """
     search = GridSearchRotoTranslation(
         model,
@@ -226,22 +321,29 @@ def grid_accuracy(
         max_rotation=max_rotation,
         max_translation=max_translation,
         early_exit=early_exit,
+        task=task,
     )
-    return search_accuracy(model, loader, search, name="grid", progress=progress)
+    return search_accuracy(model, data, search, name="grid", batch_size=batch_size, progress=progress)
 
 
 def first_order_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     steps: int = 5,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     random_start: bool = False,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
-    """Accuracy under the first-order attack :class:`advspatial.SpatialPGD` (every iterate scored)."""
+    """Accuracy under the first-order attack :class:`advspatial.SpatialPGD` (every iterate scored).
+
+    With ``random_start`` the starts are drawn batch by batch: under ``torchrun`` the numbers are
+    then those of another draw than one process's.
+    """
     search = SpatialPGD(
         model,
         steps=steps,
@@ -249,13 +351,14 @@ def first_order_accuracy(
         max_translation=max_translation,
         random_start=random_start,
         generator=generator,
+        task=task,
     )
-    return search_accuracy(model, loader, search, name="first_order", progress=progress)
+    return search_accuracy(model, data, search, name="first_order", batch_size=batch_size, progress=progress)
 
 
 def robustness_sweep(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
@@ -264,9 +367,15 @@ def robustness_sweep(
     translations: int | Sequence[int] = 5,
     pgd_steps: int = 5,
     seed: int = 0,
+    batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> dict[str, SweepResult]:
     """Natural, random, worst-of-k, grid (early exit) and first-order accuracy in one call.
+
+    Random (worst-of-1) draws from ``torch.Generator().manual_seed(seed)``, worst-of-k from
+    ``seed + 1``. With ``task=Segmentation()`` (masks as targets) each result's ``accuracy`` is the
+    robust fraction and ``metrics["miou"]`` the mean IoU of the chosen transforms.
 
     Returns:
         ``{"natural", "random", "worst_of_<k>", "grid", "first_order"}`` -> :class:`SweepResult`.
@@ -278,37 +387,15 @@ def robustness_sweep(
         ['first_order', 'grid', 'natural', 'random', 'worst_of_10']
     """
     positive_int(seed, "seed", minimum=0)
-    rot, shift = max_rotation, max_translation
+    space: dict[str, Any] = {"max_rotation": max_rotation, "max_translation": max_translation}
+    common: dict[str, Any] = {"batch_size": batch_size, "progress": progress, "task": task}
     results = [
-        natural_accuracy(model, loader, progress=progress),
-        random_accuracy(
-            model,
-            loader,
-            max_rotation=rot,
-            max_translation=shift,
-            generator=torch.Generator().manual_seed(seed),
-            progress=progress,
-        ),
+        natural_accuracy(model, data, **common),
+        random_accuracy(model, data, generator=torch.Generator().manual_seed(seed), **space, **common),
         worst_of_k_accuracy(
-            model,
-            loader,
-            k=k,
-            max_rotation=rot,
-            max_translation=shift,
-            generator=torch.Generator().manual_seed(seed + 1),
-            progress=progress,
+            model, data, k=k, generator=torch.Generator().manual_seed(seed + 1), **space, **common
         ),
-        grid_accuracy(
-            model,
-            loader,
-            rotations=rotations,
-            translations=translations,
-            max_rotation=rot,
-            max_translation=shift,
-            progress=progress,
-        ),
-        first_order_accuracy(
-            model, loader, steps=pgd_steps, max_rotation=rot, max_translation=shift, progress=progress
-        ),
+        grid_accuracy(model, data, rotations=rotations, translations=translations, **space, **common),
+        first_order_accuracy(model, data, steps=pgd_steps, **space, **common),
     ]
     return {result.name: result for result in results}
