@@ -181,7 +181,7 @@ def test_unet_output_shape_for_any_size() -> None:
         20,
         24,
     )
-    assert 5_000 < sum(p.numel() for p in net.parameters()) < 100_000
+    assert 5_000 < sum(p.numel() for p in net.parameters()) < 150_000
     with pytest.raises(AdvSpatialError, match="num_classes"):
         UNet(num_classes=0)
 
@@ -193,7 +193,7 @@ def test_unet_overfits_a_tiny_batch(segmentation) -> None:
     torch.manual_seed(0)
     net = UNet()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(80):
+    for _ in range(60):
         loss = F.cross_entropy(net(images), masks)
         optimizer.zero_grad()
         loss.backward()
