@@ -1,0 +1,300 @@
+"""Chunk autotuning and the early-exit round budget (engine/tuning.py, engine/chunking.py).
+
+Every timing here comes from a fake clock, so the choices are deterministic.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.test_ordering import TableScorer, grid
+
+from advspatial.engine.chunking import ChunkRunner
+from advspatial.engine.ordering import score_until_fooled
+from advspatial.engine.tuning import (
+    REPEATS,
+    ChunkTuner,
+    RoundBudget,
+    chunk_tuner,
+    forget_chunk_tunings,
+    memory_bound,
+)
+
+# Pairs per second by chunk size: rises to a peak at 256, then falls (activations leave the cache).
+RATES = {
+    8: 50.0,
+    16: 100.0,
+    32: 200.0,
+    64: 400.0,
+    128: 800.0,
+    256: 1000.0,
+    512: 900.0,
+    1024: 700.0,
+    2048: 500.0,
+    4096: 300.0,
+}
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drive(tuner: ChunkTuner, seconds, chunks: int = 60) -> list[int]:  # type: ignore[no-untyped-def]
+    """Feed ``chunks`` full chunks to ``tuner``, each taking ``seconds(size, i)``; the sizes asked."""
+    sizes = []
+    for i in range(chunks):
+        size = tuner.size()
+        sizes.append(size)
+        tuner.observe(size, seconds(size, i))
+    return sizes
+
+
+def rate_seconds(size: int, _: int) -> float:
+    return size / RATES[size]
+
+
+def test_climbs_to_the_fastest_size() -> None:
+    tuner = ChunkTuner(start=64, budget_bytes=2**40, pair_bytes=1.0)
+    sizes = drive(tuner, rate_seconds)
+    assert tuner.settled and tuner.size() == 256
+    assert max(sizes) == 512  # one step past the peak, then settled
+    assert sizes[0] == 64 and sizes[-1] == 256
+    # one warm-up chunk, REPEATS per size: 64, 128, 256, 512
+    assert sizes.index(256, sizes.index(512)) == 1 + 4 * REPEATS
+
+
+def test_climbs_down_when_smaller_is_faster() -> None:
+    tuner = ChunkTuner(start=1024, budget_bytes=2**40, pair_bytes=1.0)
+    drive(tuner, rate_seconds)
+    assert tuner.size() == 256
+
+
+def test_fastest_of_repeats_ignores_slow_outliers() -> None:
+    """Load on the machine slows some chunks 3x: the fastest of the repeats still ranks sizes right."""
+
+    def noisy(size: int, i: int) -> float:
+        return rate_seconds(size, i) * (3.0 if i % REPEATS == 1 else 1.0)
+
+    tuner = ChunkTuner(start=64, budget_bytes=2**40, pair_bytes=1.0)
+    drive(tuner, noisy)
+    assert tuner.size() == 256
+
+
+def test_warm_up_chunk_is_not_counted() -> None:
+    tuner = ChunkTuner(start=256, budget_bytes=2**40, pair_bytes=1.0)
+    drive(tuner, lambda size, i: 100.0 if i == 0 else rate_seconds(size, i))
+    assert tuner.size() == 256
+
+
+def test_within_noise_the_smaller_size_wins() -> None:
+    """512 is 2 % faster than 256: not enough (GAIN is 3 %)."""
+    rates = {**RATES, 512: 1020.0}
+    tuner = ChunkTuner(start=256, budget_bytes=2**40, pair_bytes=1.0)
+    drive(tuner, lambda size, _: size / rates[size])
+    assert tuner.size() == 256
+
+
+def test_memory_bound_caps_the_ladder() -> None:
+    """1 MiB of budget at 8 KiB a pair: at most 128 pairs, even though 256 would be faster."""
+    tuner = ChunkTuner(start=64, budget_bytes=2**20, pair_bytes=2**13)
+    sizes = drive(tuner, rate_seconds)
+    assert tuner.limit == 128 == memory_bound(2**20, 2**13)
+    assert max(sizes) == 128 and tuner.size() == 128
+
+
+def test_measured_peaks_replace_the_estimate() -> None:
+    """A measured peak of 64 KiB a pair (above the 8 KiB estimate) lowers the bound to 16."""
+    tuner = ChunkTuner(start=64, budget_bytes=2**20, pair_bytes=2**13)
+    tuner.observe(64, 1.0, peak_bytes=64 * 2**16)
+    assert tuner.limit == 16 and tuner.size() == 16
+
+
+def test_out_of_memory_lowers_the_limit_for_good() -> None:
+    tuner = ChunkTuner(start=64, budget_bytes=2**40, pair_bytes=1.0)
+    drive(tuner, rate_seconds)
+    assert tuner.size() == 256
+    tuner.out_of_memory(256)
+    assert tuner.limit == 128 and tuner.size() == 128
+    tuner.observe(64, 0.0, peak_bytes=1)  # a tiny measured peak does not lift the limit again
+    assert tuner.limit == 128
+
+
+def test_the_cache_is_keyed_by_model_shape_dtype_autocast_and_threads() -> None:
+    model, other = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    images = torch.zeros(4, 3, 16, 16)
+    tuner = chunk_tuner(model, images)
+    assert chunk_tuner(model, torch.zeros(9, 3, 16, 16)) is tuner  # the batch size does not matter
+    assert chunk_tuner(other, images) is not tuner
+    assert chunk_tuner(model, torch.zeros(4, 3, 16, 17)) is not tuner
+    assert chunk_tuner(model, images.double()) is not tuner
+    assert chunk_tuner(model, images, torch.bfloat16) is not tuner
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert chunk_tuner(model, images) is not tuner
+    finally:
+        torch.set_num_threads(threads)
+    assert chunk_tuner(model, images) is tuner
+    forget_chunk_tunings(model)
+    assert chunk_tuner(model, images) is not tuner
+
+
+def test_the_cache_does_not_keep_models_alive() -> None:
+    import weakref
+
+    from advspatial.engine import tuning
+
+    model = torch.nn.Linear(3, 3)
+    chunk_tuner(model, torch.zeros(1, 3, 4, 4))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+    assert all(key() is not None for key in tuning._TUNERS.keyrefs())
+
+
+def test_runner_times_only_full_chunks_until_settled() -> None:
+    clock = FakeClock()
+    tuner = ChunkTuner(start=64, budget_bytes=2**40, pair_bytes=1.0, clock=clock)
+    runner = ChunkRunner(torch.device("cpu"), tuner=tuner)
+    sizes: list[int] = []
+
+    def chunk(start: int, stop: int) -> None:
+        sizes.append(stop - start)
+        clock.now += rate_seconds(stop - start, 0) if stop - start in RATES else 1.0
+
+    runner.run(100, chunk)  # 64 + 36: the short chunk is not timed
+    assert sizes == [64, 36] and not tuner.rates()
+    runner.run(20_000, chunk)
+    assert tuner.settled and runner.chunk_size == 256
+    assert sum(sizes) == 20_100  # every pair run exactly once: tuning is the work itself
+
+
+def test_runner_halves_a_fixed_size_on_out_of_memory() -> None:
+    sizes: list[int] = []
+
+    def chunk(start: int, stop: int) -> None:
+        if stop - start > 10:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        sizes.append(stop - start)
+
+    runner = ChunkRunner(torch.device("cpu"), size=64)
+    runner.run(50, chunk)
+    assert sum(sizes) == 50 and max(sizes) == 8 and runner.chunk_size == 8
+
+
+def test_runner_tells_the_tuner_about_out_of_memory() -> None:
+    tuner = ChunkTuner(start=64, budget_bytes=2**40, pair_bytes=1.0, clock=FakeClock())
+    sizes: list[int] = []
+
+    def chunk(start: int, stop: int) -> None:
+        if stop - start > 20:
+            raise RuntimeError("CUDA error: out of memory")
+        sizes.append(stop - start)
+
+    ChunkRunner(torch.device("cpu"), tuner=tuner).run(100, chunk)
+    assert sum(sizes) == 100 and tuner.limit == 16
+
+
+def test_runner_reraises_other_errors() -> None:
+    def chunk(start: int, stop: int) -> None:
+        raise RuntimeError("shapes do not match")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        ChunkRunner(torch.device("cpu"), size=4).run(8, chunk)
+
+
+class TimedTableScorer(TableScorer):
+    """A TableScorer whose calls cost ``overhead + per_pair * pairs`` seconds on a fake clock."""
+
+    def __init__(self, table: torch.Tensor, clock: FakeClock, overhead: float, per_pair: float) -> None:
+        super().__init__(table)
+        self.clock, self.overhead, self.per_pair = clock, overhead, per_pair
+
+    def score(self, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.clock.now += self.overhead + self.per_pair * rows.numel()
+        return super().score(rows, cols)
+
+    def run_with_budget(
+        self, candidates: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, count = self.table.shape
+        self.seen = torch.zeros(batch, count, dtype=torch.bool)
+        losses = torch.full((batch, count), -torch.inf)
+        correct = torch.ones(batch, count, dtype=torch.bool)
+        scored = torch.zeros(batch, count, dtype=torch.bool)
+        budget = RoundBudget(batch * count, lambda: self.per_pair, clock=self.clock)
+        score_until_fooled(self, candidates, classes, losses, correct, scored, budget)
+        assert torch.equal(scored, self.seen)
+        return correct, scored
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 40),
+    rate=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+    overhead=st.sampled_from([0.0, 1e-3, 1.0]),
+)
+def test_budgeted_early_exit_is_exact(batch: int, rate: float, seed: int, overhead: float) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    candidates = grid()
+    table = torch.rand(batch, candidates.shape[0], generator=generator) >= rate * torch.rand(
+        batch, 1, generator=generator
+    )
+    scorer = TimedTableScorer(table, FakeClock(), overhead, per_pair=1e-3)
+    correct, scored = scorer.run_with_budget(candidates, torch.zeros(batch, dtype=torch.long))
+    robust = table.all(dim=1)
+    assert torch.equal(correct.all(dim=1), robust)
+    assert scored[robust].all() and (~correct[~robust]).any(dim=1).all()
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+def test_rounds_that_do_not_pay_end_in_one_exhaustive_call(batch: int) -> None:
+    """Every image robust, each call costs as much as 20 pairs: rounds cannot pay, so after the
+    stake is spent the rest is scored at once, and the whole costs at most the stake more than
+    one exhaustive call."""
+    candidates = grid()
+    count = candidates.shape[0]
+    clock = FakeClock()
+    scorer = TimedTableScorer(torch.ones(batch, count, dtype=torch.bool), clock, overhead=0.02, per_pair=1e-3)
+    scorer.run_with_budget(candidates, torch.zeros(batch, dtype=torch.long))
+    exhaustive = 0.02 + 1e-3 * batch * count
+    assert scorer.evaluations == batch * count
+    assert scorer.calls <= 4
+    assert clock.now <= exhaustive * 1.05 + 0.02 + 1e-9
+
+
+def test_rounds_that_pay_go_on() -> None:
+    """Half the images fooled by one candidate: the rounds save far more than they cost."""
+    candidates = grid()
+    count = candidates.shape[0]
+    table = torch.ones(64, count, dtype=torch.bool)
+    table[::2, 5] = False
+    clock = FakeClock()
+    scorer = TimedTableScorer(table, clock, overhead=0.002, per_pair=1e-3)
+    scorer.run_with_budget(candidates, torch.zeros(64, dtype=torch.long))
+    unbudgeted = TableScorer(table)
+    unbudgeted.run(candidates, torch.zeros(64, dtype=torch.long))
+    assert scorer.evaluations == unbudgeted.evaluations < 0.65 * table.numel()
+    assert clock.now < 0.7 * (0.002 + 1e-3 * table.numel())
+
+
+def test_round_budget_without_a_measured_pair_cost_uses_the_fastest_round() -> None:
+    ticks = iter([0.0, 1.0, 1.5])
+    budget = RoundBudget(1000, lambda: None, clock=lambda: next(ticks))
+    budget.start()
+    assert not budget.exhausted()  # nothing measured: no reason to stop
+    budget.round_done(pairs=10, saved_pairs=0)  # 0.1 s a pair
+    budget.round_done(pairs=50, saved_pairs=0)  # 0.01 s a pair: 1.5 - 0.6 = 0.9 s overhead
+    assert budget.exhausted()  # stake: 0.05 * 1000 * 0.01 = 0.5 s
