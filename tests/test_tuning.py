@@ -180,6 +180,24 @@ def test_runner_times_only_full_chunks_until_settled() -> None:
     assert sum(sizes) == 20_100  # every pair run exactly once: tuning is the work itself
 
 
+def test_calls_smaller_than_the_first_size_are_tuned_whole() -> None:
+    """Calls of 200 pairs with a first size of 334: the whole call stands in for it, no size
+    above 200 is tried, and the tuner settles."""
+    clock = FakeClock()
+    tuner = ChunkTuner(start=334, budget_bytes=2**40, pair_bytes=1.0, clock=clock)
+    runner = ChunkRunner(torch.device("cpu"), tuner=tuner)
+    sizes: list[int] = []
+
+    def chunk(start: int, stop: int) -> None:
+        sizes.append(stop - start)
+        clock.now += (stop - start) / (1000.0 if stop - start == 200 else 500.0)
+
+    for _ in range(12):
+        runner.run(200, chunk)
+    assert tuner.settled and tuner.size() == 200 and max(sizes) == 200
+    assert set(sizes) == {200, 100}
+
+
 def test_runner_halves_a_fixed_size_on_out_of_memory() -> None:
     sizes: list[int] = []
 

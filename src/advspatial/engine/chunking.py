@@ -85,6 +85,8 @@ class ChunkRunner:
 
     def run(self, count: int, chunk: Callable[[int, int], None]) -> None:
         """Call ``chunk(start, stop)`` over ``[0, count)`` in consecutive chunks."""
+        if self.tuner is not None and self._size is None and count:
+            self.tuner.call(count)
         start = 0
         while start < count:
             size = self.size()

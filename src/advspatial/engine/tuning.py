@@ -14,8 +14,9 @@ counts: other load on the machine only ever makes a chunk slower, so the minimum
 least disturbed by it. A larger size is taken only when it is more than :data:`GAIN` (3 %) faster
 than a smaller one: within noise the smaller chunk (less memory) wins. The climb goes up while the
 next size wins, then down once, and settles on the best size measured. Chunks cut short by the end of
-a call are not timed, so a size larger than every call is never taken. On CUDA every timed chunk is
-synchronised; once settled, nothing is.
+a call are not timed; no size above the largest call is tried, and a whole call of at least half the
+size being timed stands in for it, so a search smaller than the first size is tuned too. On CUDA
+every timed chunk is synchronised; once settled, nothing is.
 
 *Memory bound.* No size on the ladder exceeds :func:`memory_bound`: on CUDA half the memory PyTorch
 could still use when the tuner starts, divided by the activation memory per pair measured on the
@@ -183,6 +184,7 @@ class ChunkTuner:
         self._counts: dict[int, int] = {}
         self._warm = False
         self._measured = False
+        self.largest_call = 0
         self.chosen: int | None = None
 
     @property
@@ -207,6 +209,15 @@ class ChunkTuner:
         if not self._best_seconds:
             return None
         return min(max(seconds, 1e-12) / size for size, seconds in self._best_seconds.items())
+
+    def call(self, pairs: int) -> None:
+        """A call of ``pairs`` pairs starts: no size above the largest call is ever timed, and a call
+        smaller than the size being timed but at least half of it stands in for it (run as one
+        chunk, so a search smaller than the first size is still tuned)."""
+        self.largest_call = max(self.largest_call, pairs)
+        current = self._current
+        if not self.settled and current / 2 <= pairs < current and current not in self._best_seconds:
+            self._current = pairs
 
     def observe(self, size: int, seconds: float, peak_bytes: int | None = None) -> None:
         """Record that a full chunk of ``size`` pairs took ``seconds``.
@@ -254,7 +265,7 @@ class ChunkTuner:
     def _advance(self) -> None:
         best = self._best()
         for step in (best * 2, best // 2):
-            size = min(step, self.limit)
+            size = min(step, self.limit, self.largest_call or self.limit)
             if _MIN_CHUNK <= size != best and size not in self._best_seconds:
                 self._current = size
                 return
