@@ -266,7 +266,7 @@ def sharded_worst_of_k_accuracy(
     def step(images: Tensor, labels: Tensor, index: Tensor) -> Outcome:
         candidates = table[index].to(images.device)
         scores = score_candidates(model, images, labels, candidates, search.config)
-        return result_outcome(search._result(scores, candidates))
+        return result_outcome(search._result(scores, candidates, images, labels))
 
     return _collect(name or f"worst_of_{k}", model, dataset, step, batch_size, progress)
 

@@ -93,10 +93,14 @@ def roto_translate(
 def roto_translate_masks(masks: Tensor, params: Tensor, *, fill: int | float = 0) -> Tensor:
     """Move segmentation masks with the same parameters as :func:`roto_translate`, by nearest neighbour.
 
-    Labels are never blended; pixels that come from outside the mask get ``fill``.
+    Labels are never blended; pixels that come from outside the mask get ``fill``. The result equals
+    ``torchvision.transforms.v2.functional.affine(mask, angle=-angle, translate=[tx, ty], scale=1.0,
+    shear=[0.0, 0.0], interpolation=NEAREST, fill=fill)`` pixel for pixel, ties included (the sampling
+    grid is computed in torchvision's order).
 
     Args:
-        masks: ``(B, H, W)`` or ``(B, C, H, W)`` tensor of any dtype (class indices or booleans).
+        masks: ``(B, H, W)`` or ``(B, C, H, W)`` tensor of any dtype (class indices or booleans;
+            labels are exact below ``2**24``).
         params: ``(B, 3)`` rows ``(angle_degrees, tx_pixels, ty_pixels)``.
         fill: value for pixels outside the source mask.
 
@@ -115,11 +119,55 @@ def roto_translate_masks(masks: Tensor, params: Tensor, *, fill: int | float = 0
     check_params(params, masks.shape[0])
     if masks.shape[0] == 0:
         return masks.clone()
+    return _warp_masks(masks, params, fill)
+
+
+def _warp_masks(masks: Tensor, params: Tensor, fill: int | float) -> Tensor:
+    """Unchecked nearest-neighbour warp of ``(N, H, W)`` or ``(N, C, H, W)`` masks (the hot path)."""
     as_images = masks.unsqueeze(1) if masks.ndim == 3 else masks
-    # float64 holds every int32 label exactly; shift by fill so that zero padding means "fill".
-    shifted = as_images.to(torch.float64) - float(fill)
-    warped = _warp(shifted, params.to(torch.float64), "nearest", "zeros") + float(fill)
+    height, width = as_images.shape[-2:]
+    # float32 holds every label below 2**24 exactly; shift by fill so that zero padding means "fill".
+    shifted = as_images.to(torch.float32) - float(fill)
+    grid = _torchvision_grid(params.to(masks.device), height, width)
+    warped = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False) + float(
+        fill
+    )
     if not masks.dtype.is_floating_point:
         warped = warped.round()
     out = warped.to(masks.dtype)
     return out.squeeze(1) if masks.ndim == 3 else out
+
+
+def _torchvision_grid(params: Tensor, height: int, width: int) -> Tensor:
+    """torchvision's float32 sampling grid of ``affine`` for each row, computed in torchvision's order.
+
+    Nearest-neighbour sampling breaks ties (at 30 degrees a sample can fall exactly between two
+    pixels) by float round-off, so moved masks equal torchvision's ``affine(mask, ...,
+    interpolation=NEAREST)`` pixel for pixel only when the grid is computed the same way: the inverse
+    matrix in float64 (``_get_inverse_affine_matrix``), then ``_affine_grid`` in float32.
+    """
+    rows = params.detach().to(torch.float64)
+    zeros, ones = torch.zeros_like(rows[:, 0]), torch.ones_like(rows[:, 0])
+    rot = torch.deg2rad(-rows[:, 0])
+    tx, ty = rows[:, 1], rows[:, 2]
+    scale = rows[:, 3] if rows.shape[1] == 6 else ones
+    sx = torch.deg2rad(-rows[:, 4]) if rows.shape[1] == 6 else zeros
+    sy = torch.deg2rad(-rows[:, 5]) if rows.shape[1] == 6 else zeros
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
+    m2 = zeros / scale + (m0 * -tx + m1 * -ty)
+    m5 = zeros / scale + (m3 * -tx + m4 * -ty)
+    theta = torch.stack([m0, m1, m2, m3, m4, m5], dim=1).to(torch.float32).reshape(-1, 2, 3)
+    base = torch.empty(1, height, width, 3, dtype=torch.float32, device=params.device)
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=params.device))
+    base[..., 1].copy_(
+        torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=params.device).unsqueeze(-1)
+    )
+    base[..., 2].fill_(1)
+    halves = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32, device=params.device)
+    rescaled = theta.transpose(1, 2) / halves
+    grid = base.view(1, height * width, 3).expand(theta.shape[0], -1, -1).bmm(rescaled)
+    return grid.view(-1, height, width, 2)

@@ -24,10 +24,10 @@ from advspatial.errors import (
     choice,
 )
 from advspatial.geometry.warp import roto_translate
-from advspatial.losses.regularizers import PAPER_WEIGHTS, REGULARIZERS, _wide
 from advspatial.strategies.grid import GridSearchRotoTranslation
 from advspatial.strategies.result import SearchResult
 from advspatial.strategies.worst_of_k import WorstOfK
+from advspatial.tasks.penalties import PAPER_WEIGHTS, REGULARIZERS, _wide
 
 __all__ = ["InvarianceLossComponents", "InvarianceRegularizedLoss"]
 
@@ -262,7 +262,7 @@ class InvarianceRegularizedLoss(nn.Module):
             return penalty(clean[rows], logits)
 
         scores = score_candidates(self.model, images, labels, candidates, attack.config, objective=objective)
-        result = attack._result(scores, candidates)
+        result = attack._result(scores, candidates, images, labels)
         return dataclasses.replace(
             result,
             evaluations=result.evaluations + images.shape[0],

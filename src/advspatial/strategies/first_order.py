@@ -9,19 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.model_state import scoring_mode
-from advspatial.engine.objectives import per_sample_objective
-from advspatial.engine.search import _targets
-from advspatial.errors import (
-    check_label_range,
-    check_logits,
-    flag,
-    optional_generator,
-    positive_int,
-    symmetric_range,
-)
+from advspatial.engine.search import prepare_targets
+from advspatial.errors import flag, optional_generator, positive_int, symmetric_range
 from advspatial.geometry.warp import _warp
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Task
 
 __all__ = ["SpatialPGD"]
 
@@ -52,6 +45,8 @@ class SpatialPGD(SpatialSearch):
         padding: as for :class:`WorstOfK` (interpolation is bilinear: nearest has no gradient with
             respect to the parameters).
         autocast: as for :class:`WorstOfK`.
+        task: as for :class:`WorstOfK`; the targets move with every iterate (the gradient flows
+            through the model's output only).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -74,6 +69,7 @@ class SpatialPGD(SpatialSearch):
         selection: str = "engstrom",
         padding: str = "zeros",
         autocast: torch.dtype | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -83,6 +79,7 @@ class SpatialPGD(SpatialSearch):
             interpolation="bilinear",
             padding=padding,
             autocast=autocast,
+            task=task,
         )
         self.steps = positive_int(steps, "steps", minimum=0)
         if step_size is None:
@@ -95,12 +92,13 @@ class SpatialPGD(SpatialSearch):
         self.generator = generator
 
     def search(
-        self, images: Tensor, labels: Tensor | None = None, *, generator: torch.Generator | None = None
+        self, images: Tensor, targets: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> SearchResult:
-        """Run the attack; returns the worst iterate per image."""
-        images, labels = self._check_inputs(images, labels)
+        """Run the attack; returns the worst iterate per image (``targets`` as for :class:`WorstOfK`)."""
+        images, targets = self._check_inputs(images, targets)
         images = images.detach()
         batch, device = images.shape[0], images.device
+        size = (images.shape[-2], images.shape[-1])
         if self.random_start:
             params = self.box.sample((batch,), generator=generator or self.generator, device=device)
         else:
@@ -110,11 +108,11 @@ class SpatialPGD(SpatialSearch):
         best_correct = torch.ones(batch, dtype=torch.bool, device=device)
         all_correct = torch.ones(batch, dtype=torch.bool, device=device)
         rows = torch.arange(batch, device=device)
-        evaluations = 0 if labels is not None else batch
+        evaluations = 0 if targets is not None else batch
         if batch == 0:
-            return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0)
+            return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0, None)
         with scoring_mode(self.model) as net:
-            targets = _targets(net, images, labels, self.config)
+            prepared = prepare_targets(net, images, targets, self.config, self.task)
             for iteration in range(self.steps + 1):
                 with torch.enable_grad():
                     current = params.detach().requires_grad_(True)
@@ -125,12 +123,9 @@ class SpatialPGD(SpatialSearch):
                         else torch.autocast(device_type=device.type, enabled=False)
                     )
                     with autocast:
-                        logits = check_logits(
-                            net(_warp(images, current, "bilinear", self.config.padding)), batch
-                        )
-                    if labels is not None:
-                        check_label_range(labels, logits.shape[1])
-                    loss, correct = per_sample_objective(logits, targets, rows)
+                        outputs = net(_warp(images, current, "bilinear", self.config.padding))
+                        outputs = self.task.check_outputs(outputs, batch, size)
+                    loss, correct = prepared.score(outputs, rows, current.detach(), size)
                     gradient = None
                     if iteration < self.steps:
                         (gradient,) = torch.autograd.grad(loss.sum(), current)
@@ -143,7 +138,8 @@ class SpatialPGD(SpatialSearch):
                 all_correct &= correct
                 if gradient is not None:
                     params = self.box.project(current.detach() + step * gradient.sign())
-        return self._pgd_result(best_params, best_loss, all_correct, best_correct, evaluations)
+        moved = self._moved_targets(targets, best_params, images)
+        return self._pgd_result(best_params, best_loss, all_correct, best_correct, evaluations, moved)
 
     def _better(self, loss: Tensor, correct: Tensor, best_loss: Tensor, best_correct: Tensor) -> Tensor:
         higher = loss > best_loss
@@ -153,7 +149,13 @@ class SpatialPGD(SpatialSearch):
         return newly_fooled | ((correct == best_correct) & higher)
 
     def _pgd_result(
-        self, params: Tensor, loss: Tensor, correct: Tensor, chosen_correct: Tensor, evaluations: int
+        self,
+        params: Tensor,
+        loss: Tensor,
+        correct: Tensor,
+        chosen_correct: Tensor,
+        evaluations: int,
+        targets: Tensor | None,
     ) -> SearchResult:
         return SearchResult(
             params=params,
@@ -164,6 +166,7 @@ class SpatialPGD(SpatialSearch):
             candidate_correct=None,
             evaluations=evaluations,
             exhaustive_evaluations=evaluations,
+            targets=targets,
         )
 
     def _extra_repr(self) -> dict[str, Any]:

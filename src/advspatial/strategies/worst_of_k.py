@@ -12,6 +12,7 @@ from advspatial.engine.search import score_candidates
 from advspatial.errors import flag, optional_generator, positive_int
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Task
 
 __all__ = ["WorstOfK"]
 
@@ -42,6 +43,9 @@ class WorstOfK(SpatialSearch):
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
         chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
         autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
+        task: what candidates are scored against (:mod:`advspatial.tasks`); default
+            :class:`~advspatial.tasks.Classification` (labels). With ``Segmentation()``, ``search``
+            takes ``(B, H, W)`` masks and ``result.targets`` holds the masks moved by the chosen rows.
 
     Shape:
         images ``(B, C, H, W)`` float, labels ``(B,)`` integer or ``None``; output ``(B, C, H, W)``.
@@ -71,6 +75,7 @@ class WorstOfK(SpatialSearch):
         padding: str = "zeros",
         chunk_size: int | None = None,
         autocast: torch.dtype | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -81,6 +86,7 @@ class WorstOfK(SpatialSearch):
             padding=padding,
             chunk_size=chunk_size,
             autocast=autocast,
+            task=task,
         )
         self.k = positive_int(k, "k")
         flag(include_identity, "include_identity")
@@ -96,19 +102,20 @@ class WorstOfK(SpatialSearch):
         return draws
 
     def search(
-        self, images: Tensor, labels: Tensor | None = None, *, generator: torch.Generator | None = None
+        self, images: Tensor, targets: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> SearchResult:
         """Score ``k`` random candidates per image and return the worst of each.
 
         Args:
             images: ``(B, C, H, W)`` float on the model's device.
-            labels: ``(B,)`` class indices, or ``None`` to use the model's clean predictions.
+            targets: the task's targets (``(B,)`` class indices for classification, ``(B, H, W)``
+                masks for segmentation, ...), or ``None`` to use the model's clean predictions.
             generator: overrides the transform's generator for this call.
         """
-        images, labels = self._check_inputs(images, labels)
+        images, targets = self._check_inputs(images, targets)
         candidates = self.sample(images.shape[0], images.device, generator)
-        scores = score_candidates(self.model, images, labels, candidates, self.config)
-        return self._result(scores, candidates)
+        scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
+        return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:
         return {"k": self.k, "include_identity": self.include_identity}
