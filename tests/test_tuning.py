@@ -316,3 +316,114 @@ def test_round_budget_without_a_measured_pair_cost_uses_the_fastest_round() -> N
     budget.round_done(pairs=10, saved_pairs=0)  # 0.1 s a pair
     budget.round_done(pairs=50, saved_pairs=0)  # 0.01 s a pair: 1.5 - 0.6 = 0.9 s overhead
     assert budget.exhausted()  # stake: 0.05 * 1000 * 0.01 = 0.5 s
+
+
+# ---- through the engine: score_candidates with a tuner whose clock the model drives ----
+
+
+class Clocked(torch.nn.Module):
+    """Wraps a model; each forward pass of n pairs costs ``0.01 + 1e-5 n + 1e-8 n^2`` seconds on a
+    fake clock (most pairs per second at n = 1000) and is recorded."""
+
+    def __init__(self, inner: torch.nn.Module, clock: FakeClock) -> None:
+        super().__init__()
+        self.inner, self.clock = inner, clock
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        self.sizes.append(n)
+        self.clock.now += 0.01 + 1e-5 * n + 1e-8 * n * n
+        return self.inner(x)
+
+
+class AlwaysRight(torch.nn.Module):
+    """Predicts class 0 whatever the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (
+            torch.nn.functional.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 10).float() + 0 * x.sum()
+        )
+
+
+def grid_775() -> torch.Tensor:
+    from advspatial import GridSearchRotoTranslation
+
+    return GridSearchRotoTranslation(torch.nn.Identity()).candidates
+
+
+@pytest.fixture
+def clocked(model) -> Clocked:  # type: ignore[no-untyped-def]
+    return Clocked(model, FakeClock())
+
+
+def test_tuned_search_equals_untuned_and_keeps_its_choice(clocked, batch) -> None:  # type: ignore[no-untyped-def]
+    from advspatial import ScoringConfig, score_candidates
+
+    images, labels = batch
+    candidates = grid_775()
+    tuner = chunk_tuner(clocked, images, clock=clocked.clock)
+    assert tuner.size() == 1820  # the input-size rule for 1 x 12 x 12
+    untuned = score_candidates(clocked, images, labels, candidates, ScoringConfig(chunk_size=500))
+    for _ in range(10):
+        clocked.sizes.clear()
+        scores = score_candidates(clocked, images, labels, candidates)
+        assert sum(clocked.sizes) == scores.evaluations == 6 * 775  # no extra forward pass
+        assert torch.equal(scores.losses, untuned.losses) and torch.equal(scores.correct, untuned.correct)
+        if tuner.settled:
+            break
+    assert tuner.size() == 910 and scores.chunk_size == 910  # 1820 -> 3640 (slower) -> 910 -> 455 (slower)
+    clocked.sizes.clear()
+    again = score_candidates(clocked, images[:4], labels[:4], candidates)  # another batch size: cache hit
+    assert set(clocked.sizes[:-1]) == {910} and again.chunk_size == 910
+
+
+def test_explicit_chunk_size_wins(clocked, batch) -> None:  # type: ignore[no-untyped-def]
+    from advspatial import ScoringConfig, score_candidates
+    from advspatial.engine import tuning
+
+    images, labels = batch
+    scores = score_candidates(clocked, images, labels, torch.zeros(40, 3), ScoringConfig(chunk_size=64))
+    assert clocked.sizes == [64, 64, 64, 48] and scores.chunk_size == 64
+    assert clocked not in tuning._TUNERS  # no tuner was even created
+
+
+def test_out_of_memory_back_off_with_the_tuner(model, batch) -> None:  # type: ignore[no-untyped-def]
+    from advspatial import score_candidates
+
+    class FailsAbove100(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 100:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.inner(x)
+
+    images, labels = batch
+    flaky = FailsAbove100()
+    scores = score_candidates(flaky, images, labels, grid_775())
+    reference = score_candidates(model, images, labels, grid_775())
+    assert torch.equal(scores.losses, reference.losses)
+    assert (
+        chunk_tuner(flaky, images).limit <= 100 and scores.chunk_size is not None and scores.chunk_size <= 100
+    )
+
+
+def test_early_exit_on_a_robust_image_costs_about_one_exhaustive_call() -> None:
+    """B = 1, the model never fooled: after the stake is spent the rest goes in full chunks."""
+    from advspatial import score_candidates
+
+    clocked = Clocked(AlwaysRight(), FakeClock())
+    images, labels = torch.rand(1, 1, 12, 12), torch.zeros(1, dtype=torch.long)
+    tuner = chunk_tuner(clocked, images, clock=clocked.clock)
+    while not tuner.settled:  # exhaustive searches measure the per-pair cost
+        score_candidates(clocked, images.expand(8, -1, -1, -1), labels.expand(8), grid_775())
+    clocked.sizes.clear()
+    start = clocked.clock.now
+    scores = score_candidates(clocked, images, labels, grid_775(), early_exit=True)
+    spent = clocked.clock.now - start
+    assert scores.evaluations == 775 and bool(scores.scored.all())
+    exhaustive = 0.01 + 1e-5 * 775 + 1e-8 * 775**2
+    assert len(clocked.sizes) <= 5 and spent <= 1.05 * exhaustive + 0.03

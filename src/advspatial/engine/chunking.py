@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -79,22 +80,28 @@ class ChunkRunner:
         assert self.tuner is not None
         return self.tuner.size()
 
+    def clock(self) -> float:
+        """The tuner's clock (injectable in tests), else :func:`time.perf_counter`."""
+        return self.tuner.clock() if self.tuner is not None else time.perf_counter()
+
     def pair_seconds(self) -> float | None:
         """Measured seconds per pair at the fastest timed size, when a tuner times the chunks."""
         return self.tuner.pair_seconds() if self.tuner is not None else None
 
-    def run(self, count: int, chunk: Callable[[int, int], None]) -> None:
-        """Call ``chunk(start, stop)`` over ``[0, count)`` in consecutive chunks."""
-        if self.tuner is not None and self._size is None and count:
-            self.tuner.call(count)
+    def run(self, count: int, chunk: Callable[[int, int], None], *, timed: bool = True) -> None:
+        """Call ``chunk(start, stop)`` over ``[0, count)`` in consecutive chunks; ``timed=False``
+        keeps the tuner out of it (work that is not the pairs it is tuning for)."""
+        tuner = self.tuner if timed and self._size is None else None
+        if tuner is not None and count:
+            tuner.call(count)
         start = 0
         while start < count:
             size = self.size()
             stop = min(start + size, count)
-            timed = self.tuner is not None and not self.tuner.settled and stop - start == size
-            if timed:
+            timing = tuner is not None and not tuner.settled and stop - start == size
+            if timing:
                 before = self._synchronize()
-                began = self.tuner.clock()  # type: ignore[union-attr]
+                began = self.clock()
             try:
                 chunk(start, stop)
             except (RuntimeError, torch.OutOfMemoryError) as error:
@@ -102,11 +109,9 @@ class ChunkRunner:
                     raise
                 self._out_of_memory(size)
                 continue
-            if timed:
+            if tuner is not None and timing:
                 self._synchronize()
-                seconds = self.tuner.clock() - began  # type: ignore[union-attr]
-                peak = self._peak_since(before)
-                self.tuner.observe(size, seconds, peak)  # type: ignore[union-attr]
+                tuner.observe(size, self.clock() - began, self._peak_since(before))
             start = stop
         self.chunk_size = self.size()
 
