@@ -63,9 +63,13 @@ def rate_seconds(size: int, _: int) -> float:
     return size / RATES[size]
 
 
-def test_climbs_to_the_fastest_size() -> None:
+def test_climbs_to_the_fastest_size(caplog) -> None:  # type: ignore[no-untyped-def]
     tuner = ChunkTuner(start=64, budget_bytes=2**40, pair_bytes=1.0)
-    sizes = drive(tuner, rate_seconds)
+    with caplog.at_level("DEBUG", logger="advspatial.engine.tuning"):
+        sizes = drive(tuner, rate_seconds)
+    assert [record.getMessage() for record in caplog.records] == [
+        "chunk size 256 chosen (pairs/s by size: 64: 400, 128: 800, 256: 1000, 512: 900)"
+    ]
     assert tuner.settled and tuner.size() == 256
     assert max(sizes) == 512  # one step past the peak, then settled
     assert sizes[0] == 64 and sizes[-1] == 256
@@ -386,6 +390,10 @@ def test_explicit_chunk_size_wins(clocked, batch) -> None:  # type: ignore[no-un
     scores = score_candidates(clocked, images, labels, torch.zeros(40, 3), ScoringConfig(chunk_size=64))
     assert clocked.sizes == [64, 64, 64, 48] and scores.chunk_size == 64
     assert clocked not in tuning._TUNERS  # no tuner was even created
+    from advspatial import WorstOfK
+
+    result = WorstOfK(clocked, k=4, chunk_size=8).search(images, labels)
+    assert result.chunk_size == 8 and clocked not in tuning._TUNERS
 
 
 def test_out_of_memory_back_off_with_the_tuner(model, batch) -> None:  # type: ignore[no-untyped-def]
