@@ -57,7 +57,8 @@ def record_cost(name: str, cost: BestBareCost) -> None:
     record(
         name,
         "tuned chunk; tuning cost",
-        f"{cost.chunk_size}; {cost.tuning_searches} searches, +{cost.tuning_seconds:.3f} s",
+        f"{cost.chunk_size}{'' if cost.settled else ' (unsettled)'}; {cost.tuning_searches} searches, "
+        f"+{cost.tuning_seconds:.3f} s",
     )
 
 
@@ -74,6 +75,7 @@ def test_search_against_best_bare(benchmark, device, case: BenchmarkCase) -> Non
             "best_batch": cost.best_batch,
             "ratio": cost.ratio,
             "chunk_size": cost.chunk_size,
+            "settled": cost.settled,
             "tuning_searches": cost.tuning_searches,
             "tuning_s": cost.tuning_seconds,
         }

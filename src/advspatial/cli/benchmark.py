@@ -109,9 +109,10 @@ def format_costs(rows: list[tuple[BenchmarkCase, BestBareCost]]) -> str:
     ]
     for case, cost in rows:
         bare = cost.bare_seconds[cost.best_batch]
+        chunk = f"{cost.chunk_size}{'' if cost.settled else ' (unsettled)'}"
         lines.append(
             f"| {case.name} | {cost.evaluations} | {cost.search_seconds:.3f} s | {bare:.3f} s "
-            f"| {cost.ratio:.3f} | {cost.best_batch} | {cost.chunk_size} "
+            f"| {cost.ratio:.3f} | {cost.best_batch} | {chunk} "
             f"| {cost.tuning_searches} searches, +{cost.tuning_seconds:.3f} s |"
         )
     return "\n".join(lines)

@@ -49,6 +49,8 @@ class BestBareCost:
         best_batch: the batch size of the fastest bare passes.
         ratio: ``search_seconds / bare_seconds[best_batch]``.
         chunk_size: the chunk the search used (the tuner's choice unless given).
+        settled: whether the tuner settled (``False`` when every call was smaller than half its first
+            size, so each ran as one chunk, or after ``max_tuning_searches``).
         tuning_searches: searches run until the tuner settled (0 with an explicit chunk size).
         tuning_seconds: their time beyond as many settled searches.
         evaluations: (image, candidate) pairs per search.
@@ -59,6 +61,7 @@ class BestBareCost:
     best_batch: int
     ratio: float
     chunk_size: int
+    settled: bool
     tuning_searches: int
     tuning_seconds: float
     evaluations: int
@@ -142,14 +145,14 @@ def measure_against_best_bare(
 
     bare(min(sizes))
     tuning: list[float] = []
-    chunk = search.config.chunk_size
+    chunk, settled = search.config.chunk_size, True
     if chunk is None:
         net = unwrap_model(search.model)
         forget_chunk_tunings(net)
         tuner = chunk_tuner(net, images, autocast)
         while not tuner.settled and len(tuning) < max_tuning_searches:
             tuning.append(_seconds(run_search, device))
-        chunk = tuner.size()
+        chunk, settled = tuner.size(), tuner.settled
     else:
         run_search()  # warm-up
     batch_sizes = bare_batch_sizes(batch * count, chunk, sizes)
@@ -165,6 +168,7 @@ def measure_against_best_bare(
         best_batch=best,
         ratio=fastest_search / fastest_bare[best],
         chunk_size=chunk,
+        settled=settled,
         tuning_searches=len(tuning),
         tuning_seconds=sum(max(0.0, seconds - fastest_search) for seconds in tuning),
         evaluations=batch * count,

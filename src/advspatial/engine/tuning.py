@@ -15,8 +15,9 @@ least disturbed by it. A larger size is taken only when it is more than :data:`G
 than a smaller one: within noise the smaller chunk (less memory) wins. The climb goes up while the
 next size wins, then down once, and settles on the best size measured. Chunks cut short by the end of
 a call are not timed; no size above the largest call is tried, and a whole call of at least half the
-size being timed stands in for it, so a search smaller than the first size is tuned too. On CUDA
-every timed chunk is synchronised; once settled, nothing is.
+size being timed stands in for it, so a search smaller than the first size is tuned too (calls all
+smaller than half the first size run as one chunk each and leave the tuner unsettled: there is
+nothing to choose). On CUDA every timed chunk is synchronised; once settled, nothing is.
 
 *Memory bound.* No size on the ladder exceeds :func:`memory_bound`: on CUDA half the memory PyTorch
 could still use when the tuner starts, divided by the activation memory per pair measured on the
