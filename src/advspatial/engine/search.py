@@ -184,7 +184,8 @@ def score_candidates(
         targets: the task's targets, checked by the caller with ``task.check_targets`` (``(B,)``
             labels for classification, ``(B, H, W)`` masks for segmentation, ...), or ``None`` to
             score the divergence from the clean prediction moved with each candidate.
-        candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``.
+        candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``, or
+            ``(K, 6)`` / ``(B, K, 6)`` affine rows ``(angle, tx, ty, scale, shear_x, shear_y)``.
         config: warping and chunking options.
         early_exit: accuracy only: stop scoring an image once a candidate fools the model. Pairs are
             tried in an adaptive order (see :mod:`advspatial.engine.ordering`) and packed into

@@ -1,4 +1,4 @@
-"""Warping images and masks with per-sample roto-translations (layer 1: pure functions)."""
+"""Warping images and masks with per-sample roto-translations or affine rows (layer 1: pure functions)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
 
 
 def _warp(images: Tensor, params: Tensor, interpolation: str, padding: str) -> Tensor:
-    """Unchecked warp of float ``(N, C, H, W)`` images by ``(N, 3)`` params (the hot path)."""
+    """Unchecked warp of float ``(N, C, H, W)`` images by ``(N, 3)`` or ``(N, 6)`` params (the hot path)."""
     height, width = images.shape[-2:]
     work_dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
     theta = sampling_matrices(params.to(device=images.device, dtype=work_dtype), (height, width))
@@ -51,6 +51,9 @@ def roto_translate(
 ) -> Tensor:
     """Rotate each image about its centre, then translate it, with its own parameter row.
 
+    The library's one public warp: it takes roto-translation rows ``(B, 3)`` and affine rows
+    ``(B, 6)`` alike.
+
     Convention:
         ``params[i] = (angle, tx, ty)``: ``angle`` in degrees, counter-clockwise positive on screen;
         ``tx`` pixels to the right, ``ty`` pixels down, applied after the rotation. Pixels that come
@@ -59,11 +62,20 @@ def roto_translate(
         ``torchvision.transforms.v2.functional.affine(img, angle=-angle, translate=[tx, ty], scale=1.0,
         shear=[0.0, 0.0], interpolation=..., fill=None)`` for ``padding="zeros"``.
 
+        An affine row ``(angle, tx, ty, scale, shear_x, shear_y)`` also zooms by ``scale`` about the
+        centre (``1`` = none, ``> 0``) and shears by ``shear_x``, ``shear_y`` degrees inside
+        ``(-90, 90)`` (``shear_x > 0`` moves the rows below the centre right, ``shear_y > 0`` the
+        columns right of the centre down; see :mod:`advspatial.geometry.matrices`); it equals
+        ``affine(img, angle=-angle, translate=[tx, ty], scale=scale, shear=[-shear_x, -shear_y],
+        interpolation=..., fill=None)``. ``(angle, tx, ty, 1, 0, 0)`` gives the same pixels as
+        ``(angle, tx, ty)``.
+
     Differentiable with respect to ``images`` and ``params`` (bilinear).
 
     Args:
         images: float tensor ``(B, C, H, W)``.
-        params: float tensor ``(B, 3)`` of rows ``(angle_degrees, tx_pixels, ty_pixels)``.
+        params: float tensor ``(B, 3)`` of rows ``(angle_degrees, tx_pixels, ty_pixels)`` or ``(B, 6)``
+            of rows ``(angle_degrees, tx_pixels, ty_pixels, scale, shear_x_degrees, shear_y_degrees)``.
         interpolation: ``"bilinear"`` or ``"nearest"``.
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
 
@@ -80,6 +92,8 @@ def roto_translate(
         tensor([[0., 0., 1.],
                 [0., 3., 4.],
                 [0., 6., 7.]])
+        >>> roto_translate(x, torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]])).equal(x)  # affine identity
+        True
     """
     check_images(images)
     check_params(params, images.shape[0])
@@ -101,7 +115,7 @@ def roto_translate_masks(masks: Tensor, params: Tensor, *, fill: int | float = 0
     Args:
         masks: ``(B, H, W)`` or ``(B, C, H, W)`` tensor of any dtype (class indices or booleans;
             labels are exact below ``2**24``).
-        params: ``(B, 3)`` rows ``(angle_degrees, tx_pixels, ty_pixels)``.
+        params: ``(B, 3)`` or ``(B, 6)`` rows, as for :func:`roto_translate`.
         fill: value for pixels outside the source mask.
 
     Returns:

@@ -9,7 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import flag, optional_generator, positive_int
+from advspatial.errors import (
+    AdvSpatialError,
+    candidate_count,
+    check_candidates,
+    flag,
+    images_fit_model,
+    optional_generator,
+)
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.tasks import Task
@@ -89,7 +96,7 @@ class WorstOfK(SpatialSearch):
             autocast=autocast,
             task=task,
         )
-        self.k = positive_int(k, "k")
+        self.k = candidate_count(k, "k")
         flag(include_identity, "include_identity")
         optional_generator(generator)
         self.include_identity = include_identity
@@ -97,13 +104,19 @@ class WorstOfK(SpatialSearch):
 
     def sample(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         """Draw the ``(batch, k [+ 1], 3)`` candidate set (identity first when included)."""
-        draws = self.box.sample((batch, self.k), generator=generator or self.generator, device=device)
+        generator = optional_generator(generator) or self.generator
+        draws = self.box.sample((batch, self.k), generator=generator, device=device)
         if self.include_identity:
             draws = torch.cat([torch.zeros(batch, 1, 3, device=device), draws], dim=1)
         return draws
 
     def search(
-        self, images: Tensor, targets: Tensor | None = None, *, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        candidates: Tensor | None = None,
     ) -> SearchResult:
         """Score ``k`` random candidates per image and return the worst of each.
 
@@ -112,10 +125,30 @@ class WorstOfK(SpatialSearch):
             targets: the task's targets (``(B,)`` class indices for classification, ``(B, H, W)``
                 masks for segmentation, ...), or ``None`` to use the model's clean predictions.
             generator: overrides the transform's generator for this call.
+            candidates: ``(B, K, 3)`` rows ``(angle, tx, ty)`` to score instead of drawing them
+                (e.g. rows of :meth:`sample` kept per dataset index, so that each sample meets the
+                same candidates whatever batch or process scores it); nothing is drawn and the
+                generator is not advanced. Mutually exclusive with ``generator``.
+
+        Example:
+            >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+            >>> attack = WorstOfK(model, k=3)
+            >>> table = attack.sample(5, torch.device("cpu"), torch.Generator().manual_seed(0))
+            >>> images, labels = torch.rand(5, 1, 8, 8), torch.arange(5)
+            >>> whole = attack.search(images, labels, candidates=table)
+            >>> part = attack.search(images[3:], labels[3:], candidates=table[3:])
+            >>> torch.equal(whole.params[3:], part.params)
+            True
         """
         images, targets = self._check_inputs(images, targets)
-        candidates = self.sample(images.shape[0], images.device, generator)
-        scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
+        if candidates is None:
+            candidates = self.sample(images.shape[0], images.device, generator)
+        else:
+            if generator is not None:
+                raise AdvSpatialError("pass either candidates or generator to search, not both")
+            candidates = check_candidates(candidates, images.shape[0]).to(images.device)
+        with images_fit_model(images):
+            scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
         return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from advspatial.errors import check_label_range, check_labels, check_logits, choice
 from advspatial.tasks.base import Task
-from advspatial.tasks.penalties import REGULARIZERS
+from advspatial.tasks.penalties import REGULARIZERS, _wide
 
 __all__ = ["Classification"]
 
@@ -33,7 +33,7 @@ class Classification(Task):
         return check_labels(targets, images.shape[0], images.device, name=name)
 
     def check_outputs(self, outputs: object, rows: int, size: tuple[int, int]) -> Tensor:
-        return check_logits(outputs, rows).float()
+        return _wide(check_logits(outputs, rows))
 
     def move_targets(self, targets: Tensor, params: Tensor, size: tuple[int, int]) -> Tensor:
         return targets
