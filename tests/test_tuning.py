@@ -435,3 +435,20 @@ def test_early_exit_on_a_robust_image_costs_about_one_exhaustive_call() -> None:
     assert scores.evaluations == 775 and bool(scores.scored.all())
     exhaustive = 0.01 + 1e-5 * 775 + 1e-8 * 775**2
     assert len(clocked.sizes) <= 5 and spent <= 1.05 * exhaustive + 0.03
+
+
+@pytest.mark.cuda
+def test_cuda_chunks_are_synchronised_and_their_memory_measured(model, batch) -> None:  # type: ignore[no-untyped-def]
+    """On CUDA the timed chunks report their peak memory: the estimate gives way to the measurement."""
+    from advspatial import score_candidates
+
+    device = torch.device("cuda")
+    images, labels = batch[0].to(device), batch[1].to(device)
+    net = model.to(device)
+    forget_chunk_tunings(net)
+    tuner = chunk_tuner(net, images)
+    estimate = tuner.pair_bytes
+    scores = score_candidates(net, images, labels, grid_775())
+    assert tuner._measured and tuner.pair_bytes != estimate and 1 <= tuner.limit <= 4096
+    reference = score_candidates(model.cpu(), batch[0], batch[1], grid_775())
+    torch.testing.assert_close(scores.losses.cpu(), reference.losses, atol=1e-4, rtol=1e-4)
