@@ -130,11 +130,13 @@ def _main(args: argparse.Namespace) -> int:
         return run_suite(args)
     device = _device(args.device)
     start = time.perf_counter()
-    rows = run_benchmark(_selected(args.quick, args.select), device, rounds=1 if args.quick else args.rounds)
+    rounds = 1 if args.quick else args.rounds
+    rows = run_benchmark(_selected(args.quick, args.select), device, rounds=rounds)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    timing = "one round" if rounds == 1 else f"fastest of {rounds} alternating rounds"
     print(
         f"advspatial benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; "
-        f"median of {1 if args.quick else args.rounds} rounds after a warm-up"
+        f"{timing} after a warm-up"
     )
     print(format_costs(rows))
     print(f"Total time {time.perf_counter() - start:.1f} s")
@@ -145,7 +147,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register ``advspatial benchmark``."""
     parser = subparsers.add_parser("benchmark", help="time each search against its bare forward passes")
     parser.add_argument("--quick", action="store_true", help="small batches, one round: a smoke test")
-    parser.add_argument("--rounds", type=_count(1), default=3, help="timed rounds per case (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=_count(1),
+        default=3,
+        help="alternating timed rounds per case, the fastest counts (default 3)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_arguments(parser)
     parser.set_defaults(handler=_main)
