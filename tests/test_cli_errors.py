@@ -117,6 +117,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     _images(tmp_path / "images")
     _images(tmp_path / "three", classes=("a", "b", "c"))
     _images(tmp_path / "tiny", size=1)
+    _images(tmp_path / "mixed")
+    Image.new("RGB", (10, 9)).save(tmp_path / "mixed" / "square" / "z.png")
     for name, content in (
         ("empty", b""),
         ("corrupt", b"this is not a png" * 8),
@@ -150,6 +152,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("corrupt image", _replace(BASE, "--image-folder", "corrupt"), "cannot read image corrupt/circle/z.png"),
     ("decompression bomb", _replace(BASE, "--image-folder", "bomb"), "DecompressionBombError"),
     ("1x1 images", _replace(BASE, "--image-folder", "tiny"), "too small to rotate or shift; pass --resize"),
+    ("images of two sizes", _replace(BASE, "--image-folder", "mixed"), "the images differ in size"),
     (
         "factory raises",
         _replace(BASE, "--model", "user_models:raises"),
@@ -277,7 +280,7 @@ def test_a_user_mistake_exits_2_with_one_line(
 
 
 def test_the_table_lists_every_mistake_of_the_issue() -> None:
-    assert len(CASES) == 37
+    assert len(CASES) == 38
 
 
 def test_the_working_folder_is_searched_last_and_only_for_the_factory(workspace: Path) -> None:
@@ -335,3 +338,56 @@ def test_a_matplotlib_py_in_the_working_folder_is_never_imported(workspace: Path
     report = json.loads((workspace / "advspatial-report" / "report.json").read_text())
     assert report["weights"] is None and report["data"]["images"] == 4
     assert (workspace / "advspatial-report" / "accuracy.png").stat().st_size > 1000
+
+
+QUICK = [
+    "--grid-rotations",
+    "3",
+    "--grid-translations",
+    "1",
+    "--pgd-steps",
+    "1",
+    "--k",
+    "2",
+    "--device",
+    "cpu",
+]
+
+
+def test_random_weights_and_resize_run_and_the_report_survives_a_failing_plot(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 x 1 images are fine once resized; report.json is written before the plots are drawn."""
+    import advspatial.cli.evaluate as evaluate
+
+    def broken_plot(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(evaluate, "plot_accuracies", broken_plot)
+    args = [
+        *_without(_replace(BASE, "--image-folder", "tiny"), "--weights"),
+        "--random-weights",
+        "--resize",
+        "8",
+    ]
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        main(["evaluate", *args, *QUICK, "--landscape-images", "0"])
+    report = json.loads((workspace / "advspatial-report" / "report.json").read_text())
+    assert report["weights"] is None and report["data"]["images"] == 4
+    assert set(report["accuracy"]) == {"natural", "random", "worst_of_2", "grid", "first_order"}
+    assert capsys.readouterr().err == ""
+
+
+def test_a_missing_matplotlib_is_reported_before_computing(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
+    assert main(["evaluate", *BASE]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "pip install 'advspatial[demo]'" in lines[0]
+    assert not (workspace / "advspatial-report").exists()
