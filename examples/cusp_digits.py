@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from advspatial import CurriculumSpatial
 from advspatial.data import load_digits_28
-from advspatial.evaluation import evaluate_accuracy, pgd_accuracy, rotation_accuracy
+from advspatial.evaluation import natural_accuracy, pgd_accuracy, rotation_accuracy
 from advspatial.models import SmallCNN
 
 Phase = Callable[[torch.nn.Module, torch.Generator], CurriculumSpatial | None]
@@ -117,7 +117,7 @@ def main() -> None:
             rows.append(
                 (
                     100 * pgd_accuracy(model, test_set, eps=final, step_size=2 / 255, generator=evaluation),
-                    100 * evaluate_accuracy(model, test_set).accuracy,
+                    100 * natural_accuracy(model, test_set).accuracy,
                     100 * rotation_accuracy(model, test_set, max_rotation=180.0, generator=evaluation),
                     seconds,
                 )

@@ -32,11 +32,9 @@ from advspatial.distributed import (
     fit_distributed,
     rank_generator,
     save_on_main,
-    sharded_grid_accuracy,
-    sharded_search_accuracy,
-    sharded_worst_of_k_accuracy,
     wrap_ddp,
 )
+from advspatial.evaluation import grid_accuracy, natural_accuracy, worst_of_k_accuracy
 from advspatial.losses import InvarianceRegularizedLoss
 from advspatial.models import SmallCNN
 
@@ -76,9 +74,10 @@ def main() -> None:
         save_on_main(model.state_dict(), output / "checkpoint.pt")
 
         rotations, translations = args.grid
-        natural = sharded_search_accuracy(model, test)
-        worst = sharded_worst_of_k_accuracy(model, test, k=args.k, seed=args.seed)
-        grid = sharded_grid_accuracy(model, test, rotations=rotations, translations=translations)
+        # The evaluation functions shard the test set by themselves; every rank gets the whole result.
+        natural = natural_accuracy(model, test)
+        worst = worst_of_k_accuracy(model, test, k=args.k, generator=torch.Generator().manual_seed(args.seed))
+        grid = grid_accuracy(model, test, rotations=rotations, translations=translations)
 
         checksum = float(sum(p.detach().double().sum() for p in model.state_dict().values()))
         checksums = [checksum]

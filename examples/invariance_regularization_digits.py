@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from advspatial import GridSearchRotoTranslation, InvarianceRegularizedLoss, WorstOfK
 from advspatial.data import load_digits_28
-from advspatial.evaluation import evaluate_accuracy
+from advspatial.evaluation import natural_accuracy, search_accuracy
 from advspatial.models import SmallCNN
 from advspatial.training import fit
 
@@ -83,10 +83,10 @@ def main() -> None:
             start = time.perf_counter()
             train(model, train_set, factory(model, seed), epochs=args.epochs, seed=seed)
             train_s = time.perf_counter() - start
-            natural = evaluate_accuracy(model, test_set).accuracy
+            natural = natural_accuracy(model, test_set).accuracy
             wo10 = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(12345))
-            worst = evaluate_accuracy(model, test_set, wo10).accuracy
-            grid = evaluate_accuracy(
+            worst = search_accuracy(model, test_set, wo10).accuracy
+            grid = search_accuracy(
                 model, test_set, GridSearchRotoTranslation(model, early_exit=True)
             ).accuracy
             results[name].append((natural, worst, grid))

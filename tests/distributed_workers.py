@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from advspatial import AdvSpatialError, CurriculumSpatial, GridSearchRotoTranslation, WorstOfK
 from advspatial.distributed import (
@@ -25,10 +25,16 @@ from advspatial.distributed import (
     load_curriculum_state_dict,
     rank_generator,
     save_on_main,
-    sharded_grid_accuracy,
-    sharded_search_accuracy,
-    sharded_worst_of_k_accuracy,
     wrap_ddp,
+)
+from advspatial.evaluation import (
+    grid_accuracy,
+    invariance_profile,
+    natural_accuracy,
+    random_accuracy,
+    rotation_accuracy,
+    rotation_profile,
+    worst_of_k_accuracy,
 )
 from advspatial.losses import InvarianceRegularizedLoss
 from advspatial.models import SmallCNN
@@ -156,24 +162,49 @@ def _fit_worst_of_k_with_loss(setup: dict[str, Any], out: dict[str, Any]) -> Non
         out["fit_unwrapped_loss"] = str(error)
 
 
+def rotation_model() -> nn.Module:
+    """A fixed random linear classifier: its predictions change with the rotation (unlike a weak CNN's)."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
 def _evaluation(setup: dict[str, Any], rank: int, out: dict[str, Any]) -> None:
     model = SmallCNN()
     model.load_state_dict(setup["eval_state"])
     model.eval()
     data = TensorDataset(setup["eval_images"], setup["eval_labels"])
     space = {"max_rotation": 30.0, "max_translation": 3.0}
-    out["eval_natural"] = sharded_search_accuracy(model, data, None, batch_size=16)
-    out["eval_grid"] = sharded_grid_accuracy(
-        model, data, rotations=11, translations=3, batch_size=16, **space
-    )
-    out["eval_grid_full"] = sharded_grid_accuracy(
+    # The same public functions as in one process: each shards the data by itself.
+    out["eval_natural"] = natural_accuracy(model, data, batch_size=16)
+    out["eval_grid"] = grid_accuracy(model, data, rotations=11, translations=3, batch_size=16, **space)
+    out["eval_grid_full"] = grid_accuracy(
         model, data, rotations=11, translations=3, early_exit=False, batch_size=16, **space
     )
-    out["eval_worst"] = sharded_worst_of_k_accuracy(model, data, k=5, seed=3, batch_size=16, **space)
+    loader = DataLoader(data, batch_size=16)
+    out["eval_worst"] = worst_of_k_accuracy(
+        model, loader, k=5, generator=torch.Generator().manual_seed(3), **space
+    )
+    linear = rotation_model()
+    generator = torch.Generator().manual_seed(5)
+    out["eval_rotation_accuracy"] = rotation_accuracy(linear, data, generator=generator, batch_size=16)
+    out["eval_generator_after"] = generator.get_state()
+    out["eval_invariance"] = invariance_profile(
+        linear, loader, [0, 90, 180], generator=torch.Generator().manual_seed(6)
+    )
+    out["eval_rotation_profile"] = rotation_profile(linear, loader, angles=5)
+    for key, call in (
+        ("eval_no_generator", lambda: random_accuracy(model, data)),
+        ("eval_list", lambda: natural_accuracy(model, [(data.tensors[0][:2], data.tensors[1][:2])])),
+    ):
+        try:
+            call()
+            out[key] = "not refused"
+        except AdvSpatialError as error:
+            out[key] = str(error)
     if rank == 1:
         model.features[1].running_mean.add_(0.5)  # rank 1 now holds another model
     try:
-        sharded_search_accuracy(model, data, None, batch_size=16)
+        natural_accuracy(model, data, batch_size=16)
         out["eval_different_models"] = "not detected"
     except AdvSpatialError as error:
         out["eval_different_models"] = str(error)

@@ -148,3 +148,24 @@ def test_bad_arguments() -> None:
         SpatialSearchDataset(
             TensorDataset(torch.rand(2, SIZE, SIZE), torch.zeros(2)), grid_search(tiny_model())
         )[0]
+
+
+@pytest.mark.parametrize(
+    ("image_dtype", "model_dtype"),
+    [(torch.float64, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.float64)],
+)
+def test_every_form_scores_in_the_models_dtype_and_keeps_the_images(
+    image_dtype: torch.dtype, model_dtype: torch.dtype
+) -> None:
+    """Issue 15: float16/float64 with a float32 model (and the reverse) does not crash in the model."""
+    search = grid_search(tiny_model().to(model_dtype))
+    images, labels = _data(4).tensors
+    images = images.to(image_dtype)
+    expected = roto_translate(images, search.search(images.to(model_dtype), labels).params.to(image_dtype))
+    out, _ = SpatialSearchBatch(search)((images, labels))
+    assert out.dtype == image_dtype and torch.equal(out, expected)
+    out, _ = SpatialSearchCollate(search)(list(zip(images, labels, strict=True)))
+    assert out.dtype == image_dtype and torch.equal(out, expected)
+    data = SpatialSearchDataset(TensorDataset(images, labels), search)
+    singles = torch.stack([data[i][0] for i in range(4)])
+    assert singles.dtype == image_dtype and torch.equal(singles, expected)

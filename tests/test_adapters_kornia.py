@@ -125,3 +125,84 @@ def test_labels_must_be_given_explicitly() -> None:
         aug(images)
     with pytest.raises(AdvSpatialError, match="search must be"):
         SpatialSearchKornia(tiny_model())  # type: ignore[arg-type]
+
+
+# Issue 14: kornia's common arguments and a public view of the choice (each failed before).
+
+
+def test_p_gates_samples_and_only_gated_samples_are_searched() -> None:
+    search = grid_search(tiny_model())
+    aug = SpatialSearchKornia(search, p=0.5)
+    images = torch.rand(8, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    labels = torch.arange(8) % 5
+    torch.manual_seed(3)
+    with aug.labels(labels):
+        out = aug(images)
+    gate = aug._params["batch_prob"] > 0.5
+    assert 0 < int(gate.sum()) < 8
+    rows = torch.zeros(8, 3)
+    rows[gate] = search.search(images[gate], labels[gate]).params
+    assert torch.equal(aug.last_params, rows)
+    assert torch.equal(out[~gate], images[~gate])
+    assert torch.equal(out[gate], roto_translate(images[gate], rows[gate]))
+    never = SpatialSearchKornia(search, p_batch=0.0)
+    with never.labels(labels):
+        assert torch.equal(never(images), images)
+    with pytest.raises(AdvSpatialError, match="p must be a probability"):
+        SpatialSearchKornia(search, p=1.5)
+
+
+@pytest.mark.parametrize("as_attribute", [False, True])
+def test_same_on_batch_applies_the_first_images_row_to_all(as_attribute: bool) -> None:
+    search = grid_search(tiny_model())
+    aug = SpatialSearchKornia(search, same_on_batch=not as_attribute)
+    if as_attribute:
+        aug.same_on_batch = True
+    images = torch.rand(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([1, 2, 3, 4])
+    with aug.labels(labels):
+        out = aug(images)
+    row = search.search(images[:1], labels[:1]).params
+    assert torch.equal(aug.last_params, row.expand(4, 3))
+    assert torch.equal(out, roto_translate(images, row.expand(4, 3)))
+
+
+def test_keepdim_keeps_an_unbatched_image_unbatched() -> None:
+    search = grid_search(tiny_model())
+    image = torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    aug = SpatialSearchKornia(search, keepdim=True)
+    with aug.labels(torch.tensor(2)):
+        out = aug(image)
+    row = search.search(image[None], torch.tensor([2])).params
+    assert out.shape == image.shape
+    assert torch.equal(out, roto_translate(image[None], row)[0])
+    with SpatialSearchKornia(search).labels(torch.tensor([2])) as batched:
+        assert batched(image).shape == (1, 1, SIZE, SIZE)
+
+
+def test_last_params_and_last_result_are_the_public_view_of_the_choice() -> None:
+    aug = SpatialSearchKornia(grid_search(tiny_model()))
+    seq = K.AugmentationSequential(aug, data_keys=["input"])
+    assert aug.last_params is None and aug.last_result is None
+    images = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with aug.labels(torch.tensor([0, 1, 2])):
+        out = seq(images)
+    assert torch.equal(aug.last_params, seq._params[0].data["roto"])
+    assert torch.equal(aug.last_result.params, aug.last_params)  # type: ignore[union-attr]
+    assert torch.equal(out, roto_translate(images, aug.last_params))
+
+
+@pytest.mark.parametrize(
+    ("image_dtype", "model_dtype"), [(torch.float64, torch.float32), (torch.float16, torch.float32)]
+)
+def test_image_and_model_dtypes_may_differ(image_dtype: torch.dtype, model_dtype: torch.dtype) -> None:
+    """Issue 15: scored in the model's dtype, warped and returned in the image's."""
+    search = grid_search(tiny_model().to(model_dtype))
+    images = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(8)).to(image_dtype)
+    labels = torch.tensor([1, 3])
+    aug = SpatialSearchKornia(search)
+    with aug.labels(labels):
+        out = aug(images)
+    row = search.search(images.to(model_dtype), labels).params
+    assert out.dtype == image_dtype
+    assert torch.equal(out, roto_translate(images, row.to(image_dtype)))

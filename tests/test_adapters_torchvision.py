@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from adapter_helpers import grid_search, tiny_model
 from advspatial import AdvSpatialError, WorstOfK, roto_translate, roto_translate_masks
 from advspatial.adapters import SpatialSearchV2
+from advspatial.adapters.torchvision_v2 import find_labels
 
 SIZE = 12
 
@@ -170,3 +171,119 @@ def test_bad_inputs_raise_clear_errors() -> None:
         transform(torch.rand(2, 1, SIZE, SIZE), torch.tensor([1, 2, 3]))
     with pytest.raises(AdvSpatialError, match="search must be"):
         SpatialSearchV2(tiny_model())  # type: ignore[arg-type]
+
+
+# Issue 14: v2's own contracts (each of these failed before the adapter followed them).
+
+
+def test_every_image_v2_transforms_moves_with_the_same_rows() -> None:
+    """``{"image": PIL, "mask": PIL, "label": 3}``: v2 transforms both PIL images; so does the adapter."""
+    search = grid_search(tiny_model())
+    g = torch.Generator().manual_seed(5)
+    image = torch.randint(0, 256, (1, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    mask = torch.randint(0, 4, (1, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    transform = SpatialSearchV2(search)
+    out = transform({"image": F.to_pil_image(image), "mask": F.to_pil_image(mask), "label": 3})
+    row = transform.last_result.params  # type: ignore[union-attr]
+    assert torch.equal(row, search.search(image[None].float() / 255, torch.tensor([3])).params)
+    expected = F.to_dtype(roto_translate(mask[None].float() / 255, row), torch.uint8, scale=True)[0]
+    assert torch.equal(F.pil_to_tensor(out["mask"]), expected)
+    assert out["label"] == 3
+
+
+def test_a_pure_tensor_before_a_pil_image_passes_through_as_v2_says() -> None:
+    search = grid_search(tiny_model())
+    extra = torch.rand(1, SIZE, SIZE)
+    image = torch.randint(
+        0, 256, (1, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(6)
+    )
+    out = SpatialSearchV2(search)({"extra": extra, "image": F.to_pil_image(image), "label": 2})
+    out_extra, out_pil, label = out["extra"], out["image"], out["label"]
+    assert out_extra is extra and label == 2
+    row = search.search(image[None].float() / 255, torch.tensor([2])).params
+    assert torch.equal(
+        F.pil_to_tensor(out_pil),
+        F.to_dtype(roto_translate(image[None].float() / 255, row), torch.uint8, scale=True)[0],
+    )
+
+
+def test_make_params_and_transform_are_the_extension_points() -> None:
+    """Containers and replays use ``make_params`` + ``transform``; ``RandomApply`` runs the search."""
+    search = grid_search(tiny_model())
+    image, mask, _, _ = _sample(7)
+    transform = SpatialSearchV2(search)
+    params = transform.make_params([image], labels=torch.tensor([4]))
+    row = search.search(image[None], torch.tensor([4])).params
+    assert torch.equal(params["params"], row)
+    assert torch.equal(transform.transform(image, params), roto_translate(image[None], row)[0])
+    moved = transform.transform(tv_tensors.Mask(mask), params)
+    assert torch.equal(moved.as_subclass(torch.Tensor), roto_translate_masks(mask[None], row)[0])
+    assert transform.transform(5, params) == 5
+    applied, label = v2.RandomApply([transform], p=1.0)(image, 4)
+    assert torch.equal(applied, roto_translate(image[None], row)[0]) and label == 4
+    with pytest.raises(AdvSpatialError, match="make_params needs the labels"):
+        transform.make_params([image])
+    assert type(transform).forward is not v2.Transform.forward  # only reads labels, then v2's forward
+
+
+def test_integer_keypoints_and_boxes_keep_their_dtype() -> None:
+    search = grid_search(tiny_model())
+    image = torch.rand(1, SIZE, SIZE)
+    points = tv_tensors.KeyPoints(torch.tensor([[3, 4], [8, 2]]), canvas_size=(SIZE, SIZE))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[2, 3, 7, 9]]), format="XYXY", canvas_size=(SIZE, SIZE))
+    _, target = SpatialSearchV2(search)(image, {"label": 1, "points": points, "boxes": boxes})
+    row = search.search(image[None], torch.tensor([1])).params[0]
+    assert target["points"].dtype == torch.int64 and target["boxes"].dtype == torch.int64
+    for name, given in (("points", points), ("boxes", boxes)):
+        reference = _affine(given, row)
+        assert (target[name].as_subclass(torch.Tensor) - reference.as_subclass(torch.Tensor)).abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("image_dtype", "model_dtype"),
+    [(torch.float64, torch.float32), (torch.float16, torch.float32), (torch.uint8, torch.float64)],
+)
+def test_image_and_model_dtypes_may_differ(image_dtype: torch.dtype, model_dtype: torch.dtype) -> None:
+    """Issue 15: scored in the model's dtype, returned in the image's."""
+    model = tiny_model().to(model_dtype)
+    search = grid_search(model)
+    floats = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(8))
+    images = (
+        F.to_dtype(floats, image_dtype, scale=True) if image_dtype == torch.uint8 else floats.to(image_dtype)
+    )
+    labels = torch.tensor([1, 3])
+    out, _ = SpatialSearchV2(search)(images, labels)
+    scored = F.to_dtype(images, model_dtype, scale=True)
+    row = search.search(scored, labels).params
+    assert out.dtype == image_dtype
+    if image_dtype.is_floating_point:
+        assert torch.equal(out, roto_translate(images, row.to(image_dtype)))
+    else:
+        assert torch.equal(
+            out, F.to_dtype(roto_translate(images.float() / 255, row), torch.uint8, scale=True)
+        )
+
+
+def test_labels_are_found_with_torchvisions_heuristic() -> None:
+    from torchvision.transforms.v2._utils import _find_labels_default_heuristic
+
+    search = grid_search(tiny_model())
+    image = torch.rand(1, SIZE, SIZE)
+    for target in (
+        {"class_label": torch.tensor([2])},
+        {"label": torch.tensor([1]), "labels": torch.tensor([4])},
+    ):
+        transform = SpatialSearchV2(search)
+        transform(image, target)
+        expected = _find_labels_default_heuristic((image, target))
+        assert torch.equal(transform.last_result.params, search.search(image[None], expected).params)  # type: ignore[union-attr]
+        assert find_labels((image, target)) is expected
+
+
+def test_last_result_is_the_search_the_output_came_from() -> None:
+    search = WorstOfK(tiny_model(), k=5, generator=torch.Generator().manual_seed(0))
+    transform = SpatialSearchV2(search)
+    assert transform.last_result is None
+    images = torch.rand(3, 1, SIZE, SIZE)
+    out, _ = transform(images, torch.tensor([0, 1, 2]))
+    assert torch.equal(out, roto_translate(images, transform.last_result.params))  # type: ignore[union-attr]

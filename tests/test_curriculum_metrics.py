@@ -11,8 +11,8 @@ from torch.utils.data import Subset, TensorDataset
 from advspatial import AdvSpatialError, RotoTranslationBox, roto_translate
 from advspatial.data import load_digits_28
 from advspatial.evaluation import (
-    evaluate_accuracy,
     invariance_profile,
+    natural_accuracy,
     pgd_accuracy,
     robustness_profile,
     rotation_accuracy,
@@ -33,7 +33,7 @@ def trained() -> tuple[torch.nn.Module, Subset[tuple[torch.Tensor, torch.Tensor]
 @pytest.mark.slow
 def test_pgd_accuracy_decreases_with_more_steps(trained: tuple[torch.nn.Module, Subset]) -> None:  # type: ignore[type-arg]
     model, test = trained
-    natural = evaluate_accuracy(model, test).accuracy
+    natural = natural_accuracy(model, test).accuracy
     accuracies = [
         pgd_accuracy(
             model, test, eps=0.05, steps=steps, step_size=0.01, generator=torch.Generator().manual_seed(0)
@@ -51,7 +51,7 @@ def test_pgd_accuracy_decreases_with_eps_and_eps_zero_is_natural(
 ) -> None:  # type: ignore[type-arg]
     model, test = trained
     profile = robustness_profile(model, test, [0.0, 2 / 255, 8 / 255, 32 / 255], steps=5, target="labels")
-    natural = evaluate_accuracy(model, test).accuracy
+    natural = natural_accuracy(model, test).accuracy
     assert profile.agreement[0] == 1.0
     assert profile.accuracy[0] == pytest.approx(natural)
     assert list(profile.accuracy) == sorted(profile.accuracy, reverse=True), profile
@@ -107,7 +107,7 @@ def test_rotation_metrics_match_a_brute_force_loop(trained: tuple[torch.nn.Modul
         expected = (model(roto_translate(images, params)).argmax(1) == labels).float().mean()
     assert spatial == pytest.approx(float(expected))
     assert rotation_accuracy(model, test, max_rotation=0.0) == pytest.approx(
-        evaluate_accuracy(model, test).accuracy
+        natural_accuracy(model, test).accuracy
     )
 
 

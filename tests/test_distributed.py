@@ -15,7 +15,14 @@ import distributed_workers as workers
 from advspatial import GridSearchRotoTranslation, WorstOfK
 from advspatial.data import load_digits_28
 from advspatial.distributed import rank_generator
-from advspatial.evaluation import grid_accuracy, natural_accuracy, worst_of_k_accuracy
+from advspatial.evaluation import (
+    grid_accuracy,
+    invariance_profile,
+    natural_accuracy,
+    rotation_accuracy,
+    rotation_profile,
+    worst_of_k_accuracy,
+)
 from advspatial.models import SmallCNN
 from advspatial.training import fit
 
@@ -170,6 +177,32 @@ def test_sharded_worst_of_k_equals_one_process_with_the_same_seed(
         assert torch.equal(out["eval_worst"].correct, reference.correct)
         assert torch.equal(out["eval_worst"].params, reference.params)
     assert WorstOfK(model).box.contains(reference.params).all()
+
+
+def test_sharded_rotation_metrics_equal_one_process(
+    setup: dict[str, Any], ranks: list[dict[str, Any]]
+) -> None:
+    _, loader = _eval_reference(setup)
+    model = workers.rotation_model()
+    generator = torch.Generator().manual_seed(5)
+    spatial = rotation_accuracy(model, loader, generator=generator)
+    invariance = invariance_profile(model, loader, [0, 90, 180], generator=torch.Generator().manual_seed(6))
+    profile = rotation_profile(model, loader, angles=5)
+    assert 0.0 < spatial < 1.0 and 0.0 < invariance.agreement[2] < 1.0  # the draws matter
+    for out in ranks:
+        assert out["eval_rotation_accuracy"] == spatial
+        # every rank consumed the whole stream, as one process does
+        assert torch.equal(out["eval_generator_after"], generator.get_state())
+        assert out["eval_invariance"] == invariance
+        assert torch.equal(out["eval_rotation_profile"].correct, profile.correct)
+        assert torch.equal(out["eval_rotation_profile"].consistent, profile.consistent)
+        assert torch.equal(out["eval_rotation_profile"].worst_case_accuracy, profile.worst_case_accuracy)
+
+
+def test_sharded_evaluation_refuses_what_it_cannot_shard_exactly(ranks: list[dict[str, Any]]) -> None:
+    for out in ranks:
+        assert "needs a generator seeded alike on every rank" in out["eval_no_generator"]
+        assert "data must be a map-style Dataset or a DataLoader" in out["eval_list"]
 
 
 def test_sharded_evaluation_refuses_ranks_holding_different_models(ranks: list[dict[str, Any]]) -> None:

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from advspatial import AdvSpatialError, CurriculumSpatial, RotoTranslationBox, WorstOfK
+from advspatial import AdvSpatialError, CurriculumSpatial, WorstOfK
 from advspatial.distributed import (
-    candidate_table,
+    all_gather_tensor,
+    all_reduce_sum,
+    check_same_model,
     current_context,
     curriculum_state_dict,
     default_backend,
@@ -16,11 +18,11 @@ from advspatial.distributed import (
     launched_by_torchrun,
     load_curriculum_state_dict,
     rank_seed,
-    shard_loader,
-    sharded_worst_of_k_accuracy,
+    shard_sampler,
     wrap_ddp,
 )
 from advspatial.evaluation import worst_of_k_accuracy
+from advspatial.evaluation.walk import KeyedDraws
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 
@@ -88,37 +90,43 @@ def test_rank_seeds_are_distinct_and_stable() -> None:
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
-def test_candidate_table_equals_sequential_worst_of_k_draws(batch_size: int) -> None:
-    box = RotoTranslationBox.of(30, 3)
+def test_keyed_draws_equal_sequential_worst_of_k_draws(batch_size: int) -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     attack = WorstOfK(model, k=4, generator=torch.Generator().manual_seed(11))
     draws = [attack.sample(n, torch.device("cpu")) for n in _split(50, batch_size)]
-    assert torch.equal(candidate_table(box, 50, 4, 11), torch.cat(draws))
+    keyed = WorstOfK(model, k=4, generator=torch.Generator().manual_seed(11))
+    table = KeyedDraws(lambda n, device: keyed.sample(n, device), keyed.generator)
+    # a rank of 2 asks for its own samples only (and a padding repeat of sample 0)
+    own = torch.tensor([1, 3, 5, 49, 0])
+    assert torch.equal(table(own, torch.device("cpu")), torch.cat(draws)[own])
+    assert table.drawn == 50
 
 
 def _split(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
 
 
-def test_one_process_sharded_worst_of_k_equals_worst_of_k() -> None:
+def test_worst_of_k_accuracy_does_not_depend_on_the_batches() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     data = TensorDataset(torch.rand(23, 1, 8, 8), torch.randint(0, 10, (23,)))
-    sharded = sharded_worst_of_k_accuracy(model, data, k=6, seed=4, batch_size=5)
+    by_five = worst_of_k_accuracy(model, data, k=6, generator=torch.Generator().manual_seed(4), batch_size=5)
     reference = worst_of_k_accuracy(
         model, DataLoader(data, batch_size=8), k=6, generator=torch.Generator().manual_seed(4)
     )
-    assert sharded.accuracy == reference.accuracy
-    assert torch.equal(sharded.params, reference.params)
-    assert torch.equal(sharded.loss, reference.loss)
-    assert sharded.evaluations == 23 * 6
+    assert by_five.accuracy == reference.accuracy
+    assert torch.equal(by_five.params, reference.params)
+    assert torch.equal(by_five.loss, reference.loss)
+    assert by_five.evaluations == 23 * 6
 
 
-def test_shard_loader_yields_dataset_indices_in_order() -> None:
+def test_one_process_plumbing_is_the_identity() -> None:
     data = TensorDataset(torch.rand(7, 1, 4, 4), torch.arange(7))
-    indices = torch.cat([index for _, _, index in shard_loader(data, batch_size=3)])
-    labels = torch.cat([label for _, label, _ in shard_loader(data, batch_size=3)])
-    assert indices.tolist() == labels.tolist() == list(range(7))
+    sampler, owned = shard_sampler(data)
+    assert list(sampler) == list(range(7)) and bool(owned.all())
+    assert all_gather_tensor(torch.arange(3)).tolist() == [[0, 1, 2]]
+    assert all_reduce_sum([1, 2]) == [1, 2]
+    check_same_model(torch.nn.Linear(2, 2))  # nothing to compare against
 
 
 def test_curriculum_checkpoint_of_another_world_size_is_refused() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from advspatial import GridSearchRotoTranslation, WorstOfK
 from advspatial.data import load_digits_28
-from advspatial.evaluation import evaluate_accuracy
+from advspatial.evaluation import natural_accuracy, search_accuracy
 from advspatial.models import SmallCNN
 from advspatial.training import fit
 
@@ -34,13 +34,13 @@ def test_digits_data_layout() -> None:
 @pytest.mark.slow
 def test_standard_model_is_accurate_but_not_spatially_robust(trained) -> None:
     model, test = trained
-    natural = evaluate_accuracy(model, test).accuracy
-    worst = evaluate_accuracy(model, test, WorstOfK(model, k=10, generator=torch.Generator().manual_seed(1)))
-    early = evaluate_accuracy(model, test, GridSearchRotoTranslation(model, early_exit=True))
+    natural = natural_accuracy(model, test).accuracy
+    worst = search_accuracy(model, test, WorstOfK(model, k=10, generator=torch.Generator().manual_seed(1)))
+    early = search_accuracy(model, test, GridSearchRotoTranslation(model, early_exit=True))
     # The exhaustive 775-point grid on a third of the test set (about 15 s on 2 cores).
     subset = torch.utils.data.Subset(test, range(120))
-    exhaustive = evaluate_accuracy(model, subset, GridSearchRotoTranslation(model))
-    early_subset = evaluate_accuracy(model, subset, GridSearchRotoTranslation(model, early_exit=True))
+    exhaustive = search_accuracy(model, subset, GridSearchRotoTranslation(model))
+    early_subset = search_accuracy(model, subset, GridSearchRotoTranslation(model, early_exit=True))
     print(
         f"\nstandard digits CNN: natural {natural:.4f}, worst-of-10 {worst.accuracy:.4f}, "
         f"grid {early.accuracy:.4f}; on 120 images early exit used {early_subset.evaluations} "

@@ -14,13 +14,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from advspatial import AdvSpatialError, GridSearchRotoTranslation, WorstOfK, roto_translate
 from advspatial.evaluation import (
-    evaluate_accuracy,
     first_order_accuracy,
     grid_accuracy,
+    invariance_profile,
     loss_landscape,
     natural_accuracy,
+    pgd_accuracy,
     random_accuracy,
     robustness_sweep,
+    rotation_accuracy,
     rotation_profile,
     search_accuracy,
     worst_of_k_accuracy,
@@ -49,7 +51,7 @@ def logits_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_natural_matches_direct_forward_and_evaluate_accuracy(model, data) -> None:
+def test_natural_matches_direct_forward_on_a_loader_and_on_the_dataset(model, data) -> None:
     dataset, loader = data
     images, labels = dataset.tensors
     before = model_snapshot(model)
@@ -59,7 +61,8 @@ def test_natural_matches_direct_forward_and_evaluate_accuracy(model, data) -> No
     assert torch.equal(result.correct, logits.argmax(1) == labels)
     assert torch.allclose(result.loss, F.cross_entropy(logits, labels, reduction="none"), atol=1e-6)
     assert torch.equal(result.labels, labels)
-    assert result.accuracy == pytest.approx(evaluate_accuracy(model, dataset).accuracy)
+    on_dataset = natural_accuracy(model, dataset, batch_size=3)
+    assert on_dataset.accuracy == result.accuracy and torch.equal(on_dataset.loss, result.loss)
     assert result.evaluations == 20 and torch.equal(result.params, torch.zeros(20, 3))
 
 
@@ -85,6 +88,8 @@ def test_grid_early_exit_is_exact_and_never_above_natural(model, data) -> None:
     assert torch.equal(early.correct, full.correct)
     assert full.evaluations == full.exhaustive_evaluations == 20 * 63
     assert early.evaluations <= full.evaluations
+    assert early.saved_evaluations == early.exhaustive_evaluations - early.evaluations > 0
+    assert full.saved_evaluations == 0
     # The identity is a grid point: robust on the grid implies right on the clean image.
     assert not bool((early.correct & ~natural.correct).any())
 
@@ -126,9 +131,43 @@ def test_search_accuracy_checks_its_arguments(model, data) -> None:
         natural_accuracy(model, [torch.rand(2, 1, 12, 12)])
     with pytest.raises(AdvSpatialError, match="labels must have shape"):
         natural_accuracy(model, [(torch.rand(2, 1, 12, 12), torch.zeros(3, dtype=torch.long))])
+    with pytest.raises(AdvSpatialError, match="batch_size applies to a Dataset"):
+        natural_accuracy(model, loader, batch_size=4)
+    with pytest.raises(AdvSpatialError, match="batch_size must be an integer"):
+        natural_accuracy(model, loader.dataset, batch_size=0)
     empty = natural_accuracy(model, [])
     assert empty.correct.numel() == 0 and empty.accuracy != empty.accuracy  # nan
     assert empty.to_dict()["accuracy"] is None
+
+
+class TupleModel(torch.nn.Module):
+    """Returns (logits, features): not what an evaluation can score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TinyCNN()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x), x
+
+
+def test_every_metric_refuses_what_it_cannot_score(model, data) -> None:
+    dataset, loader = data
+    images = dataset.tensors[0]
+    out_of_range = [(images[:4], torch.tensor([0, 1, 2, 10]))]  # TinyCNN has 10 classes
+    generator = torch.Generator().manual_seed(0)
+    for metric in (
+        lambda d, m: natural_accuracy(m, d),
+        lambda d, m: search_accuracy(m, d, WorstOfK(m, k=2)),
+        lambda d, m: rotation_accuracy(m, d, generator=generator),
+        lambda d, m: invariance_profile(m, d, [0, 30]),
+        lambda d, m: pgd_accuracy(m, d, eps=0.1, steps=1),
+        lambda d, m: rotation_profile(m, d, angles=3),
+    ):
+        with pytest.raises(AdvSpatialError, match=r"labels must be < the model's number of classes \(10\)"):
+            metric(out_of_range, model)
+        with pytest.raises(AdvSpatialError, match="model output must be a tensor of logits, got tuple"):
+            metric(loader, TupleModel())
 
 
 def test_rotation_profile_matches_a_loop_over_angles(model, data) -> None:
@@ -181,6 +220,30 @@ def test_loss_landscape_matches_brute_force(model) -> None:
         and float(land.worst_params[:, 1].abs().sum()) == 0
     )
     assert torch.allclose(land.worst_images, roto_translate(images, land.worst_params))
+    # the whole grid: the slice's angles x ty offsets x five tx offsets (axis="y"); brute force
+    assert land.cross_offsets.tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    points = torch.tensor(
+        [
+            [a, x, y]
+            for a in land.angles.tolist()
+            for x in land.cross_offsets.tolist()
+            for y in land.offsets.tolist()
+        ]
+    )
+    losses = torch.stack(
+        [
+            F.cross_entropy(
+                logits_of(model, roto_translate(images, p.expand(2, 3))), labels, reduction="none"
+            )
+            for p in points
+        ]
+    )  # (points, 2)
+    torch.testing.assert_close(land.grid_worst_loss, losses.max(dim=0).values, atol=1e-5, rtol=0)
+    for b in range(2):
+        assert land.grid_worst_params[b].tolist() in points.tolist()
+        assert float(land.grid_worst_loss[b]) >= float(land.losses[b].max()) - 1e-6
+    single = loss_landscape(model, images, labels, rotations=5, translations=3, cross_translations=1)
+    assert torch.equal(single.grid_worst_params, single.worst_params)
     with pytest.raises(AdvSpatialError, match="axis"):
         loss_landscape(model, images, labels, axis="z")
     with pytest.raises(AdvSpatialError, match="at least one image"):
@@ -204,9 +267,43 @@ def test_plots_are_real_pngs_of_the_documented_size(model, data, tmp_path: Path)
     land = loss_landscape(model, images[:2], labels[:2], rotations=5, translations=3)
     table = {"a": {n: r.accuracy for n, r in results.items()}, "b": {"natural": 0.5}}
     assert png_size(plot_accuracies(table, tmp_path / "acc.png")) == (800, 400)
-    assert png_size(results["grid"].save_plot(tmp_path / "grid.png")) == (640, 480)
+    assert png_size(results["grid"].save_plot(tmp_path / "grid.png", model="tiny")) == (640, 480)
     assert png_size(profile.save_plot(tmp_path / "sub" / "profile.png")) == (960, 400)
-    assert png_size(land.save_plot(tmp_path / "land.png")) == (900, 600)
+    names = [f"digit {i}" for i in range(10)]
+    assert png_size(land.save_plot(tmp_path / "land.png", model="tiny", class_names=names)) == (900, 600)
+
+
+def test_plot_titles_say_what_is_shown(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from advspatial.evaluation import plots
+
+    titles: list[str] = []
+    scatter_sizes: list[list[float]] = []
+    original_save = plots._save
+
+    def spy(figure: Figure, path: Path) -> Path:
+        for axes in figure.axes:
+            titles.append(axes.get_title())
+            scatter_sizes.extend(list(c.get_sizes()) for c in axes.collections if hasattr(c, "get_sizes"))
+        titles.append(figure.get_suptitle())
+        return original_save(figure, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    images, labels = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(1)), torch.tensor([4])
+    land = loss_landscape(model, images, labels, rotations=5, translations=3)
+    land.save_plot(tmp_path / "land.png", model="standard", class_names=[f"c{i}" for i in range(10)])
+    text = "\n".join(titles)
+    assert "worst of the ty = 0 slice" in text and "standard" in text and "label 'c4'" in text
+    assert ("fooled on the" in text) or ("withstood on the" in text)
+    assert "worst of the whole grid" in text
+    titles.clear()
+    params = torch.tensor([[30.0, 3.0, 0.0]] * 3 + [[-30.0, -3.0, 3.0]])
+    plots.plot_chosen_transforms(
+        params, torch.tensor([False, False, False, True]), tmp_path / "g.png", title="t"
+    )
+    # three images on one point: one marker of three times the area, not three hidden markers
+    assert [16.0 * 3] in scatter_sizes and [16.0] in scatter_sizes
 
 
 def test_search_cost_measures_the_same_pairs(model) -> None:
@@ -219,3 +316,29 @@ def test_search_cost_measures_the_same_pairs(model) -> None:
     assert cost.ratio == pytest.approx(cost.search_seconds / cost.bare_seconds)
     with pytest.raises(AdvSpatialError, match="exhaustive"):
         measure_search_cost(GridSearchRotoTranslation(model, early_exit=True), images, labels)
+
+
+def test_worst_of_k_scores_the_candidates_it_is_given(model) -> None:
+    images, labels = torch.rand(5, 1, 12, 12), torch.tensor([0, 1, 2, 3, 4])
+    attack = WorstOfK(model, k=3, generator=torch.Generator().manual_seed(2))
+    table = attack.sample(5, torch.device("cpu"), torch.Generator().manual_seed(7))
+    state = attack.generator.get_state()  # type: ignore[union-attr]
+    whole = attack.search(images, labels, candidates=table)
+    assert torch.equal(attack.generator.get_state(), state)  # type: ignore[union-attr]  # nothing drawn
+    drawn = WorstOfK(model, k=3).search(images, labels, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(whole.params, drawn.params) and torch.equal(whole.correct, drawn.correct)
+    part = attack.search(images[2:], labels[2:], candidates=table[2:])
+    assert torch.equal(part.params, whole.params[2:])
+    assert bool((whole.candidate_losses is not None) and whole.candidate_losses.shape == (5, 3))
+    for bad, match in (
+        (table[:4], r"candidates must have shape \(5, K, 3\)"),
+        (table[:, :, :2], r"candidates must have shape \(5, K, 3\)"),
+        (table[:, :0], r"K >= 1"),
+        (table.long(), "floating point"),
+        (table * float("nan"), "finite"),
+        ("grid", "torch.Tensor"),
+    ):
+        with pytest.raises(AdvSpatialError, match=match):
+            attack.search(images, labels, candidates=bad)  # type: ignore[arg-type]
+    with pytest.raises(AdvSpatialError, match="either candidates or generator"):
+        attack.search(images, labels, candidates=table, generator=torch.Generator())

@@ -16,7 +16,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from advspatial import GridSearchRotoTranslation, InvarianceRegularizedLoss, WorstOfK
 from advspatial.data import load_digits_28
-from advspatial.evaluation import evaluate_accuracy
+from advspatial.evaluation import natural_accuracy, search_accuracy
 from advspatial.models import SmallCNN
 from advspatial.training import fit
 
@@ -51,8 +51,8 @@ def test_regularized_worst_of_10_on_digits() -> None:
         model = SmallCNN()
         loss_fn = loss_for(name, model)
         train(model, train_set, loss_fn)
-        natural = evaluate_accuracy(model, test_set).accuracy
-        grid = evaluate_accuracy(model, grid_set, GridSearchRotoTranslation(model, early_exit=True)).accuracy
+        natural = natural_accuracy(model, test_set).accuracy
+        grid = search_accuracy(model, grid_set, GridSearchRotoTranslation(model, early_exit=True)).accuracy
         results[name] = (natural, grid)
     assert isinstance(loss_fn, InvarianceRegularizedLoss)
     assert loss_fn.last is not None

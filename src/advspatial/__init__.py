@@ -19,13 +19,14 @@ from advspatial.geometry import (
     roto_translate_points,
 )
 from advspatial.losses import InvarianceLossComponents, InvarianceRegularizedLoss
-from advspatial.space import RotoTranslationBox
+from advspatial.space import AffineBox, RotoTranslationBox
 from advspatial.strategies import GridSearchRotoTranslation, SearchResult, SpatialPGD, SpatialSearch, WorstOfK
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdvSpatialError",
+    "AffineBox",
     "CurriculumSchedule",
     "CurriculumSpatial",
     "GridSearchRotoTranslation",

@@ -14,6 +14,7 @@ __all__ = [
     "MAX_CANDIDATES",
     "AdvSpatialError",
     "candidate_count",
+    "check_candidates",
     "check_images",
     "check_labels",
     "check_params",
@@ -50,23 +51,43 @@ def check_images(images: object, name: str = "images") -> Tensor:
     return images
 
 
-def check_params(params: object, batch: int | None, name: str = "params") -> Tensor:
-    """Check that ``params`` is a float tensor of shape ``(batch, 3)`` of finite ``(angle, tx, ty)`` rows.
+PARAM_COLUMNS: dict[int, str] = {
+    3: "(angle_degrees, tx_pixels, ty_pixels)",
+    6: "(angle_degrees, tx_pixels, ty_pixels, scale, shear_x_degrees, shear_y_degrees)",
+}
+"""The parameter rows the library accepts, by number of columns: roto-translation and affine."""
 
-    ``batch=None`` accepts any number of rows.
+
+def check_params(
+    params: object, batch: int | None, name: str = "params", columns: tuple[int, ...] = (3, 6)
+) -> Tensor:
+    """Check that ``params`` is a float tensor ``(batch, 3)`` or ``(batch, 6)`` of finite parameter rows.
+
+    Affine rows must have ``scale > 0`` and shears strictly inside ``(-90, 90)`` degrees.
+    ``columns`` narrows the accepted widths (a space accepts its own rows only); ``batch=None``
+    accepts any number of rows.
     """
+    rows = "N" if batch is None else batch
+    shapes = " or ".join(f"({rows}, {n}) with rows {PARAM_COLUMNS[n]}" for n in columns)
     if not isinstance(params, Tensor):
-        raise AdvSpatialError(f"{name} must be a torch.Tensor of shape (B, 3), got {type(params).__name__}")
-    if params.ndim != 2 or params.shape[1] != 3 or (batch is not None and params.shape[0] != batch):
-        raise AdvSpatialError(
-            f"{name} must have shape ({'N' if batch is None else batch}, 3) with rows "
-            "(angle_degrees, tx_pixels, ty_pixels), "
-            f"got {tuple(params.shape)}"
-        )
+        raise AdvSpatialError(f"{name} must be a torch.Tensor of shape {shapes}, got {type(params).__name__}")
+    if params.ndim != 2 or params.shape[1] not in columns or (batch is not None and params.shape[0] != batch):
+        raise AdvSpatialError(f"{name} must have shape {shapes}, got {tuple(params.shape)}")
     if not params.is_floating_point():
         raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {params.dtype}")
     if params.numel() and not bool(torch.isfinite(params.detach()).all()):
         raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
+    if params.shape[1] == 6 and params.numel():
+        values = params.detach()
+        if not bool((values[:, 3] > 0).all()):
+            raise AdvSpatialError(
+                f"{name}[:, 3] (scale) must be > 0, got minimum {float(values[:, 3].min())}"
+            )
+        if not bool((values[:, 4:6].abs() < 90).all()):
+            raise AdvSpatialError(
+                f"{name}[:, 4:6] (shear_x, shear_y) must lie in (-90, 90) degrees, "
+                f"got largest magnitude {float(values[:, 4:6].abs().max())}"
+            )
     return params
 
 
@@ -186,6 +207,29 @@ def check_clip(clip: object) -> tuple[float, float] | None:
     ):
         raise AdvSpatialError(f"clip must be None or a pixel range (low, high) with low < high, got {clip!r}")
     return float(clip[0]), float(clip[1])
+
+
+def check_candidates(candidates: object, batch: int, name: str = "candidates") -> Tensor:
+    """Check that ``candidates`` is a float ``(batch, K, 3)`` tensor of finite rows, ``K >= 1``."""
+    if not isinstance(candidates, Tensor):
+        raise AdvSpatialError(
+            f"{name} must be a torch.Tensor of shape ({batch}, K, 3), got {type(candidates).__name__}"
+        )
+    if (
+        candidates.ndim != 3
+        or candidates.shape[0] != batch
+        or candidates.shape[2] != 3
+        or not candidates.shape[1]
+    ):
+        raise AdvSpatialError(
+            f"{name} must have shape ({batch}, K, 3) with K >= 1 rows (angle_degrees, tx_pixels, ty_pixels) "
+            f"per image, got {tuple(candidates.shape)}"
+        )
+    if not candidates.is_floating_point():
+        raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {candidates.dtype}")
+    if candidates.numel() and not bool(torch.isfinite(candidates.detach()).all()):
+        raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
+    return candidates
 
 
 def candidate_count(value: object, name: str) -> int:

@@ -1,14 +1,21 @@
-"""What every adapter shares: running a search safely inside DataLoader workers, and seeding it.
+"""What every adapter shares: running a search safely inside DataLoader workers, seeding it, and the
+dtype the model scores in.
 
 A transform that runs inside a ``Dataset`` or a ``collate_fn`` with ``num_workers > 0`` runs in a worker
 process that holds its own copy of the model. That copy is only live if the weights are in shared
 memory (``model.share_memory()`` on a CPU model): the optimizer then updates the very storage the
 workers read. Anything else would score against stale weights, so :func:`check_worker_model` refuses.
+
+Forked children: importing an adapter registers an ``os.register_at_fork`` hook that sets one torch
+thread in every forked child process (as the DataLoader does in its workers). A child forked after the
+parent ran a search (e.g. by ``multiprocessing.Pool`` with the ``fork`` start method) would otherwise
+hang in torch's OpenMP thread pool, which does not survive ``fork``.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from itertools import chain
 
 import torch
@@ -26,6 +33,8 @@ __all__ = [
     "enter_worker",
     "mix_seed",
     "run_search",
+    "scoring_dtype",
+    "scoring_images",
     "target_device",
     "worker_generator",
 ]
@@ -118,6 +127,29 @@ def target_device(search: SpatialSearch, fallback: torch.device) -> torch.device
     return fallback if device is None else device
 
 
+def scoring_dtype(search: SpatialSearch, fallback: torch.dtype = torch.float32) -> torch.dtype:
+    """The floating dtype the model computes in: that of its first floating parameter or buffer.
+
+    ``fallback`` for a model without floating tensors (e.g. the input's own float dtype).
+    """
+    model = unwrap_model(search.model)
+    for tensor in chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return fallback
+
+
+def scoring_images(search: SpatialSearch, images: Tensor) -> Tensor:
+    """``images`` (float, ``(B, C, H, W)``) as the model scores them: on its device and in its float dtype.
+
+    A float16 or float64 image with a float32 model (or a float32 one with a float64 model) would make
+    the model's first layer fail on the dtype mismatch; the adapters score a cast copy and return the
+    transformed input in the input's own dtype.
+    """
+    device = target_device(search, images.device)
+    return images.to(device=device, dtype=scoring_dtype(search, images.dtype))
+
+
 def run_search(
     search: SpatialSearch, images: Tensor, labels: Tensor | None, generator: torch.Generator | None = None
 ) -> SearchResult:
@@ -125,3 +157,11 @@ def run_search(
     if generator is not None and "generator" in inspect.signature(search.search).parameters:
         return search.search(images, labels, generator=generator)  # type: ignore[call-arg]
     return search.search(images, labels)
+
+
+def _one_thread_in_forked_child() -> None:
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+    os.register_at_fork(after_in_child=_one_thread_in_forked_child)

@@ -14,7 +14,7 @@ import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from torch import Tensor
 
-from advspatial.adapters._workers import check_search, enter_worker, target_device
+from advspatial.adapters._workers import check_search, enter_worker, run_search, scoring_images
 from advspatial.errors import AdvSpatialError, check_labels
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
@@ -22,23 +22,29 @@ from advspatial.strategies.base import SpatialSearch
 
 __all__ = ["SpatialSearchAlbumentations"]
 
+_ANGLE = 3  # column of the angle in albumentations' internal keypoint layout (x, y, z, angle, scale)
 
-def _to_nchw(image: np.ndarray) -> tuple[Tensor, bool]:
-    """HWC / HW numpy image -> float ``(1, C, H, W)`` in ``[0, 1]``; also whether it was 2-D."""
+
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+def _to_nchw(image: np.ndarray, name: str = "image") -> tuple[Tensor, bool]:
+    """HWC / HW numpy image -> float ``(1, C, H, W)`` (``uint8 / 255``, floats as given); also whether
+    it was 2-D."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         shape = image.shape if isinstance(image, np.ndarray) else type(image).__name__
-        raise AdvSpatialError(f"image must be a numpy array (H, W) or (H, W, C), got {shape}")
+        raise AdvSpatialError(f"{name} must be a numpy array (H, W) or (H, W, C), got {shape}")
     if image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] in (1, 3, 4):
         raise AdvSpatialError(
-            f"image must be laid out (H, W, C) as albumentations expects, got {image.shape} "
+            f"{name} must be laid out (H, W, C) as albumentations expects, got {image.shape} "
             "(channels first?); use image.transpose(1, 2, 0)"
         )
     if image.dtype == np.uint8:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
-    elif image.dtype == np.float32:
+    elif image.dtype in _FLOATS:
         tensor = torch.from_numpy(np.ascontiguousarray(image))
     else:
-        raise AdvSpatialError(f"image dtype must be uint8 or float32, got {image.dtype}")
+        raise AdvSpatialError(f"{name} dtype must be uint8 or float (16, 32 or 64 bits), got {image.dtype}")
     flat = tensor.ndim == 2
     hwc = tensor.unsqueeze(-1) if flat else tensor
     return hwc.permute(2, 0, 1).unsqueeze(0), flat
@@ -52,12 +58,39 @@ def _from_nchw(tensor: Tensor, flat: bool, dtype: np.dtype[Any]) -> np.ndarray:
     return np.ascontiguousarray(hwc.numpy())
 
 
+def _scored_image(data: dict[str, Any]) -> tuple[np.ndarray, str]:
+    """The image the search scores: ``image``, else the first of ``images`` (all then get its row)."""
+    if "image" in data:
+        return data["image"], "image"
+    images = data.get("images")
+    if isinstance(images, np.ndarray | list | tuple) and len(images) > 0:
+        return np.asarray(images[0]), "images[0]"
+    raise AdvSpatialError(
+        "SpatialSearchAlbumentations needs an image to search: call the pipeline with image=... "
+        f"or a non-empty images=...; got keys {sorted(data)}"
+    )
+
+
 class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     """Apply the worst roto-translation the search finds, inside ``A.Compose``.
 
     The label is read from the call (``compose(image=img, label=y, ...)``, key ``label_key``), the
-    search runs on the model with the image as float in ``[0, 1]`` (``uint8 / 255`` or ``float32``
-    as given), and the image, masks, boxes and keypoints all follow the chosen ``(angle, tx, ty)``.
+    search scores ``image`` (or, without it, the first of ``images``: every image of ``images`` then
+    gets that row, as albumentations applies one set of params to all of them), and images, masks,
+    boxes and keypoints all follow the chosen ``(angle, tx, ty)``.
+
+    Albumentations' contracts: ``strict=True`` accepts the label key; ``A.ReplayCompose`` records the
+    chosen row under ``params["roto"]`` and ``ReplayCompose.replay`` re-applies it to other data without
+    searching (the replay dict holds a reference to the search, which replays need to rebuild the
+    transform); ``p`` is drawn from albumentations' own generator. ``to_dict`` / ``A.save`` are refused
+    with an :class:`~advspatial.AdvSpatialError`: the transform holds a model, which a JSON or YAML file
+    cannot carry (rebuild it in code and pickle the pipeline instead, which works).
+
+    Seeding: when the search has its own generator (``WorstOfK(generator=...)``) its candidates come
+    from that generator. Otherwise each call draws a seed from albumentations' random state
+    (``self.random_generator``, set by ``A.Compose(seed=...)`` or ``set_random_seed``) and the search
+    draws its candidates from a ``torch.Generator`` seeded with it, so a seeded pipeline is
+    reproducible and an unseeded one is not.
 
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise on screen (as ``A.Rotate``), then pixels
@@ -67,7 +100,16 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         them over normalised) by the enclosing box of the moved corners, unclamped (Compose then
         clips or drops them as its ``BboxParams`` say), keypoints at pixel-index coordinates
         (pixel ``(row i, col j)`` is ``(j, i)``, as albumentations) moved exactly, their angle
-        turned with the image.
+        turned with the image as ``A.Affine(rotate=...)`` turns it.
+
+    Dtypes:
+        Images are ``uint8`` (scored as ``x / 255``) or float (16, 32 or 64 bits, scored as given),
+        cast to the model's floating dtype for scoring; the output keeps the input's dtype.
+
+    Forked processes:
+        Importing the adapter makes forked child processes run torch with one thread (see
+        ``advspatial.adapters._workers``): a ``multiprocessing.Pool`` forked after a search would
+        otherwise hang in torch's OpenMP pool.
 
     Args:
         search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model).
@@ -78,7 +120,7 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     Example:
         >>> from advspatial import WorstOfK
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-        >>> pipeline = A.Compose([SpatialSearchAlbumentations(WorstOfK(model, k=4))])
+        >>> pipeline = A.Compose([SpatialSearchAlbumentations(WorstOfK(model, k=4))], strict=True, seed=0)
         >>> out = pipeline(image=np.zeros((8, 8, 1), np.uint8), mask=np.ones((8, 8), np.uint8), label=3)
         >>> out["image"].shape, out["mask"].shape, out["label"]
         ((8, 8, 1), (8, 8), 3)
@@ -100,38 +142,65 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     ) -> None:
         super().__init__(p=p)
         self.search = check_search(search)
+        if label_key is not None and not isinstance(label_key, str):
+            raise AdvSpatialError(f"label_key must be a string or None, got {label_key!r}")
         self.label_key = label_key
         self.mask_fill = mask_fill
         self._worker_seed: dict[str, int] = {}
 
     @property
+    def available_keys(self) -> set[str]:
+        """The keys ``A.Compose(strict=True)`` accepts for this transform: its targets and the label key."""
+        keys = set(super().available_keys)
+        return keys | {self.label_key} if self.label_key is not None else keys
+
+    @property
     def targets_as_params(self) -> list[str]:
-        """The search needs the image (and reads the label from the call)."""
-        return ["image"]
+        """Empty: the search reads the image (or ``images``) and the label itself, with clear errors.
+
+        Declaring ``["image"]`` would make albumentations warn that the transform "could work incorrectly
+        in ReplayMode": replaying the recorded row on other data is what ``ReplayCompose`` is for here.
+        """
+        return []
+
+    def _target(self, data: dict[str, Any], device: torch.device) -> Tensor | None:
+        """What the search scores the image against: today the class index read from the call."""
+        if self.label_key is None:
+            return None
+        if self.label_key not in data:
+            raise AdvSpatialError(
+                f"SpatialSearchAlbumentations needs the image's class index: call the pipeline with "
+                f"{self.label_key}=..., or construct it with label_key=None to score against the "
+                f"model's own prediction; got keys {sorted(data)}"
+            )
+        raw = data[self.label_key]
+        if isinstance(raw, bool) or not isinstance(raw, int | np.integer | Tensor | np.ndarray):
+            raise AdvSpatialError(f"{self.label_key} must be an integer class index, got {raw!r}")
+        return check_labels(torch.as_tensor(np.asarray(raw)).reshape(-1), 1, device, self.label_key)
+
+    def _generator(self) -> torch.Generator | None:
+        """The search's own generator, else one seeded from albumentations' random state."""
+        if isinstance(getattr(self.search, "generator", None), torch.Generator):
+            return None
+        seed = int(self.random_generator.integers(0, 2**63 - 1))
+        return torch.Generator().manual_seed(seed)
+
+    def update_transform_params(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """albumentations' own step (it reads the image's shape), after checking there is an image."""
+        _scored_image(data)
+        return super().update_transform_params(params, data)
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """Run the search on the call's image and label; the chosen row is ``params["roto"]``."""
-        images, _ = _to_nchw(data["image"])
-        device = target_device(self.search, images.device)
-        images = images.to(device)
-        labels = None
-        if self.label_key is not None:
-            if self.label_key not in data:
-                raise AdvSpatialError(
-                    f"SpatialSearchAlbumentations needs the image's class index: call the pipeline with "
-                    f"{self.label_key}=..., or construct it with label_key=None to score against the "
-                    f"model's own prediction; got keys {sorted(data)}"
-                )
-            raw = data[self.label_key]
-            if isinstance(raw, bool) or not isinstance(raw, int | np.integer | Tensor | np.ndarray):
-                raise AdvSpatialError(f"{self.label_key} must be an integer class index, got {raw!r}")
-            labels = check_labels(torch.as_tensor(np.asarray(raw)).reshape(-1), 1, device, self.label_key)
+        image, name = _scored_image(data)
+        images = scoring_images(self.search, _to_nchw(image, name)[0])
+        labels = self._target(data, images.device)
         enter_worker(self.search, type(self).__name__, self._worker_seed)
-        result = self.search.search(images, labels)
+        result = run_search(self.search, images, labels, self._generator())
         return {"roto": result.params.detach().cpu()}
 
     def apply(self, img: np.ndarray, roto: Tensor, **params: Any) -> np.ndarray:
-        """Warp an image with the chosen row (``uint8`` is rounded back after a float warp)."""
+        """Warp an image with the chosen row in its own dtype (``uint8`` rounded back after a float warp)."""
         images, flat = _to_nchw(img)
         return _from_nchw(self.search.apply(images, roto.to(images.dtype)), flat, img.dtype)
 
@@ -155,7 +224,11 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         return out
 
     def apply_to_keypoints(self, keypoints: np.ndarray, roto: Tensor, **params: Any) -> np.ndarray:
-        """Move ``(x, y, angle, scale, ...)`` keypoints (pixel-index ``x, y``, angle in radians)."""
+        """Move keypoints in albumentations' internal layout ``(x, y, z, angle, scale, ...)``.
+
+        ``x, y`` are pixel-index coordinates, ``angle`` is in radians (Compose converts the user's
+        format, e.g. ``xya`` in degrees, to this layout and back).
+        """
         if len(keypoints) == 0:
             return keypoints
         height, width = params["shape"][:2]
@@ -163,10 +236,24 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         moved = roto_translate_points(centres, roto.double(), (height, width))[0].numpy() - 0.5
         out = keypoints.copy()
         out[:, :2] = moved
-        if out.shape[1] > 2:
-            out[:, 2] = np.mod(out[:, 2] + math.radians(float(roto[0, 0])), 2 * math.pi)
+        if out.shape[1] > _ANGLE:
+            out[:, _ANGLE] = np.mod(out[:, _ANGLE] + math.radians(float(roto[0, 0])), 2 * math.pi)
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        """Arguments shown in ``repr`` (the search holds a model, which albumentations cannot serialise)."""
+        """Arguments shown in ``repr`` and recorded for ``ReplayCompose``."""
         return ("label_key", "mask_fill")
+
+    def get_dict_with_id(self) -> dict[str, Any]:
+        """What ``A.ReplayCompose`` records: the arguments and the search (to rebuild the transform)."""
+        state = A.DualTransform.to_dict_private(self)
+        state.update({"search": self.search, "id": id(self)})
+        return state
+
+    def to_dict_private(self) -> dict[str, Any]:
+        """Refused: the transform holds a model, which albumentations' JSON / YAML cannot carry."""
+        raise AdvSpatialError(
+            "SpatialSearchAlbumentations cannot be serialised with to_dict / A.save: it holds the search "
+            "and its model. Build the pipeline in code (the search's settings are in repr(search)) and "
+            "re-attach the model, or pickle the whole pipeline (pickle.dumps works)"
+        )

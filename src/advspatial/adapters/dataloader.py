@@ -9,6 +9,10 @@ Where to put the search, fastest first:
 3. :class:`SpatialSearchDataset` around a dataset: one search per sample, with candidates drawn from
    a generator keyed by ``(seed, epoch, index)``, so the result does not depend on the worker count.
 
+Dtypes: float images of any precision are accepted; the model scores them cast to its own floating
+dtype (a float16 or float64 batch with a float32 model is scored in float32) and the transformed
+images keep their own dtype.
+
 Inside workers (forms 2 and 3 with ``num_workers > 0``) each worker holds a copy of the model. The
 adapters refuse to score with it unless it is live: a CPU model whose parameters and buffers are in
 shared memory (call ``model.share_memory()`` before creating the loader; the optimizer then updates the
@@ -33,6 +37,7 @@ from advspatial.adapters._workers import (
     enter_worker,
     mix_seed,
     run_search,
+    scoring_images,
     target_device,
 )
 from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
@@ -82,9 +87,9 @@ class SpatialSearchBatch:
         device = target_device(self.search, images.device)
         images = images.to(device, non_blocking=True)
         labels = check_labels(labels, images.shape[0], device)
-        result = self.search.search(images, labels)
+        result = self.search.search(scoring_images(self.search, images), labels)
         self.last_result = result
-        return (self.search.apply(images, result.params), labels, *rest)
+        return (self.search.apply(images, result.params.to(images.dtype)), labels, *rest)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.search!r})"
@@ -130,7 +135,8 @@ class SpatialSearchCollate:
         if get_worker_info() is None:
             images = images.to(target_device(self.search, images.device))
         labels = check_labels(labels, images.shape[0], images.device)
-        return (self.search(images, labels), labels, *rest)
+        result = self.search.search(scoring_images(self.search, images), labels)
+        return (self.search.apply(images, result.params.to(images.dtype)), labels, *rest)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.search!r})"
@@ -198,6 +204,6 @@ class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
         images = check_images(image.unsqueeze(0).to(device), f"dataset[{index}][0][None]")
         labels = check_labels(torch.as_tensor(label).reshape(1), 1, device, f"dataset[{index}][1]")
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, index))
-        result = run_search(self.search, images, labels, generator)
-        out = self.search.apply(images, result.params)[0].to(image.device)
+        result = run_search(self.search, scoring_images(self.search, images), labels, generator)
+        out = self.search.apply(images, result.params.to(images.dtype))[0].to(image.device)
         return out, labels[0].to(image.device)

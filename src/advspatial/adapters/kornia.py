@@ -15,11 +15,12 @@ from kornia.constants import Resample
 from kornia.geometry.transform import warp_affine
 from torch import Tensor
 
-from advspatial.adapters._workers import check_search, enter_worker
-from advspatial.errors import AdvSpatialError, check_params
+from advspatial.adapters._workers import check_search, enter_worker, scoring_images
+from advspatial.errors import AdvSpatialError, check_labels, check_params, flag
 from advspatial.geometry.matrices import forward_matrices
 from advspatial.geometry.warp import roto_translate_masks
 from advspatial.strategies.base import SpatialSearch
+from advspatial.strategies.result import SearchResult
 
 __all__ = ["SpatialSearchKornia", "kornia_matrices"]
 
@@ -57,12 +58,20 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
     the chosen rows are stored in the augmentation's params under ``"roto"`` and returned as
     ``transform_matrix`` in kornia's convention (:func:`kornia_matrices`), so masks, boxes and
     keypoints follow, ``inverse`` works, and ``seq(..., params=seq._params)`` replays the choice
-    without searching again. Labels are passed explicitly for each call::
+    without searching again. The public view of the choice is :attr:`last_params` (the ``(B, 3)`` rows
+    applied to the last batch) and :attr:`last_result` (the last search). Labels are passed explicitly
+    for each call::
 
         with aug.labels(y):
             out = seq(images, masks, boxes, keypoints)
 
     (``aug.labels(None)`` scores against the model's own prediction).
+
+    kornia's common arguments behave as for its other augmentations: ``p`` and ``p_batch`` gate
+    samples and batches with kornia's draw (torch's global generator); only the gated samples are
+    searched, the others get the identity row ``(0, 0, 0)``. ``same_on_batch=True`` applies one row to
+    the whole batch: the search scores the first gated image (with its label) and its row is used for
+    all. ``keepdim=True`` returns an unbatched ``(C, H, W)`` input unbatched.
 
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise on screen, then pixels right and down,
@@ -71,10 +80,18 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
         (nearest, ``mask_fill`` outside), boxes and keypoints by kornia with the matrix (kornia's
         pixel-centre coordinates). ``inverse`` uses ``kornia.geometry.transform.warp_affine``.
 
+    Dtypes:
+        Images are scored cast to the model's floating dtype (a float16 or float64 batch with a
+        float32 model is scored in float32) and warped in their own dtype.
+
     Args:
         search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model; the images
             must be on the model's device).
         mask_fill: value of mask pixels that come from outside the mask.
+        p: probability of applying the transform to each sample.
+        p_batch: probability of applying it to the batch.
+        same_on_batch: one row for the whole batch.
+        keepdim: keep an unbatched input's shape.
 
     Example:
         >>> import kornia.augmentation as K
@@ -84,17 +101,36 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
         >>> seq = K.AugmentationSequential(aug, data_keys=["input", "mask"])
         >>> with aug.labels(torch.tensor([1, 2])):
         ...     images, masks = seq(torch.rand(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
-        >>> images.shape, seq._params[0].data["roto"].shape
+        >>> images.shape, aug.last_params.shape
         (torch.Size([2, 1, 8, 8]), torch.Size([2, 3]))
     """
 
-    def __init__(self, search: SpatialSearch, *, mask_fill: float = 0.0) -> None:
-        super().__init__(p=1.0, same_on_batch=False, keepdim=False)
+    def __init__(
+        self,
+        search: SpatialSearch,
+        *,
+        mask_fill: float = 0.0,
+        p: float = 1.0,
+        p_batch: float = 1.0,
+        same_on_batch: bool = False,
+        keepdim: bool = False,
+    ) -> None:
+        for name, value in (("p", p), ("p_batch", p_batch)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise AdvSpatialError(f"{name} must be a probability in [0, 1], got {value!r}")
+        super().__init__(
+            p=float(p),
+            p_batch=float(p_batch),
+            same_on_batch=flag(same_on_batch, "same_on_batch"),
+            keepdim=flag(keepdim, "keepdim"),
+        )
         self.search = check_search(search)
         if isinstance(mask_fill, bool) or not isinstance(mask_fill, int | float):
             raise AdvSpatialError(f"mask_fill must be a number, got {mask_fill!r}")
         self.mask_fill = mask_fill
         self.flags = {"resample": Resample.BILINEAR, "align_corners": True}
+        self.last_params: Tensor | None = None
+        self.last_result: SearchResult | None = None
         self._labels: Any = _UNSET
         self._worker_seed: dict[str, int] = {}
 
@@ -111,18 +147,44 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
         """Nothing is drawn up front: the search needs the pixels, see :meth:`compute_transformation`."""
         return {}
 
-    def _choose(self, input: Tensor, params: dict[str, Tensor]) -> Tensor:
-        if "roto" in params:
-            return check_params(params["roto"], input.shape[0], "params['roto']")
+    def _target(self, batch: int, device: torch.device) -> Tensor | None:
+        """What the search scores the images against: today the labels given by :meth:`labels`."""
         if self._labels is _UNSET:
             raise AdvSpatialError(
                 "SpatialSearchKornia needs the batch's labels: call it inside `with aug.labels(labels):` "
                 "(or `with aug.labels(None):` to score against the model's own prediction)"
             )
-        enter_worker(self.search, type(self).__name__, self._worker_seed)
-        result = self.search.search(input, self._labels)
-        roto = result.params.detach().to(device=input.device).clone()
+        if self._labels is None:
+            return None
+        labels = self._labels
+        if isinstance(labels, Tensor) and labels.ndim == 0:
+            labels = labels.reshape(1)
+        return check_labels(labels, batch, device)
+
+    def _choose(self, input: Tensor, params: dict[str, Tensor]) -> Tensor:
+        if "roto" in params:
+            roto = check_params(params["roto"], input.shape[0], "params['roto']")
+            self.last_params = roto
+            return roto
+        batch = input.shape[0]
+        labels = self._target(batch, input.device)
+        gate = params.get("batch_prob")
+        applied = torch.ones(batch, dtype=torch.bool) if gate is None else torch.atleast_1d(gate.cpu() > 0.5)
+        if self.p == 1.0 and self.p_batch == 1.0:  # kornia ignores the gate then (its fast path)
+            applied = torch.ones(batch, dtype=torch.bool)
+        rows = applied.nonzero().flatten()
+        searched = rows[:1] if self.same_on_batch else rows
+        roto = torch.zeros(batch, 3, device=input.device)
+        if searched.numel():
+            index = searched.to(input.device)
+            enter_worker(self.search, type(self).__name__, self._worker_seed)
+            result = self.search.search(
+                scoring_images(self.search, input[index]), None if labels is None else labels[index]
+            )
+            self.last_result = result
+            roto[rows.to(input.device)] = result.params.detach().to(input.device)
         params["roto"] = roto
+        self.last_params = roto
         # A container call hands this method a copy of its params dict; record the choice in the dict
         # the call committed (the container's ParamItem) too, so masks, boxes, replay and inverse see it.
         committed = self._params

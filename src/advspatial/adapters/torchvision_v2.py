@@ -11,46 +11,67 @@ from typing import Any
 import PIL.Image
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_unflatten
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from advspatial.adapters._workers import check_search, enter_worker, target_device
+from advspatial.adapters._workers import check_search, enter_worker, scoring_images
 from advspatial.errors import AdvSpatialError, check_labels
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
 from advspatial.strategies.base import SpatialSearch
+from advspatial.strategies.result import SearchResult
 
-__all__ = ["SpatialSearchV2"]
+__all__ = ["SpatialSearchV2", "find_labels"]
 
 LabelsGetter = Callable[[Any], Any]
 _PLAIN_BOX_FORMATS = ("XYXY", "XYWH", "CXCYWH")
+_NOT_READ = object()  # make_params called outside forward: no labels were read from a sample
 
 
-def _labels_in_mapping(mapping: Mapping[Any, Any]) -> Any:
-    for key in mapping:
-        if isinstance(key, str) and key.lower() in ("label", "labels"):
-            return mapping[key]
-    return None
+def _is_pure_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor) and not isinstance(x, tv_tensors.TVTensor)
 
 
-def _default_labels(sample: Any) -> Any:
-    """``(image, label, ...)``, ``(image, {"label": ...})`` or ``{"image": ..., "label": ...}``."""
-    if isinstance(sample, tuple | list) and len(sample) >= 2:
-        second = sample[1]
-        return _labels_in_mapping(second) if isinstance(second, Mapping) else second
-    if isinstance(sample, Mapping):
-        return _labels_in_mapping(sample)
+def find_labels(sample: Any) -> Any:
+    """Find a sample's labels with torchvision's default heuristic (that of ``v2.CutMix`` and
+    ``v2.SanitizeBoundingBoxes``), also accepting a plain ``int``.
+
+    In a tuple or list the second item is used; if it is a tensor (or an int) it is the labels, if it
+    is a dict (and for a dict sample) the key equal to ``"labels"`` (any case) wins, else the first key
+    that contains ``"label"`` (any case, e.g. ``"class_label"``).
+
+    Example:
+        >>> find_labels((None, {"label": 1, "labels": 2})), find_labels({"class_label": 3})
+        (2, 3)
+        >>> find_labels((None, 4)), find_labels(None)
+        (4, None)
+    """
+    if isinstance(sample, tuple | list):
+        if len(sample) < 2:
+            return None
+        sample = sample[1]
+        if _is_pure_tensor(sample) or isinstance(sample, int):
+            return sample
+    if not isinstance(sample, Mapping):
+        return None
+    keys = [key for key in sample if isinstance(key, str)]
+    for key in keys:
+        if key.lower() == "labels":
+            return sample[key]
+    for key in keys:
+        if "label" in key.lower():
+            return sample[key]
     return None
 
 
 def _as_label_tensor(labels: Any, batch: int, batched: bool) -> Tensor:
     if isinstance(labels, bool) or not isinstance(labels, int | Tensor):
         raise AdvSpatialError(
-            "SpatialSearchV2 needs the sample's label: pass (image, label), (image, {'label': ...}) or "
-            "{'image': ..., 'label': ...}, give labels_getter=callable, or labels_getter=None to score "
-            f"against the model's own prediction; found {type(labels).__name__}"
+            "SpatialSearchV2 needs the sample's label: pass (image, label), (image, {'labels': ...}) or "
+            "{'image': ..., 'label': ...} (found as torchvision's CutMix finds labels), give "
+            "labels_getter=callable, or labels_getter=None to score against the model's own prediction; "
+            f"found {type(labels).__name__}"
         )
     tensor = torch.as_tensor(labels)
     if not batched and tensor.ndim == 0:
@@ -58,28 +79,52 @@ def _as_label_tensor(labels: Any, batch: int, batched: bool) -> Tensor:
     return tensor if tensor.ndim else tensor.reshape(1).expand(batch)
 
 
+def _is_image(x: Any) -> bool:
+    """An item v2 transforms as an image (``_needs_transform_list`` already dropped extra pure tensors)."""
+    return isinstance(x, tv_tensors.Image | PIL.Image.Image) or _is_pure_tensor(x)
+
+
+def _as_tensor(image: Any) -> Tensor:
+    tensor = F.pil_to_tensor(image) if isinstance(image, PIL.Image.Image) else image.as_subclass(Tensor)
+    if tensor.ndim not in (3, 4) or (tensor.shape[-3] not in (1, 2, 3, 4) and tensor.shape[-1] in (1, 3, 4)):
+        raise AdvSpatialError(
+            "SpatialSearchV2 expects images laid out (C, H, W) or (B, C, H, W) (channels first, "
+            f"as torchvision does), got shape {tuple(tensor.shape)}"
+        )
+    return tensor
+
+
 class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
     """A ``transforms.v2`` transform that applies each image's worst roto-translation.
 
-    On a single sample ``(image, label, ...)`` (image ``(C, H, W)``: tensor, ``tv_tensors.Image`` or
-    PIL) it runs the search on that image; on a batch ``(images (B, C, H, W), labels (B,))``, found
-    the way ``v2.CutMix`` finds its labels, it searches the whole batch at once. ``tv_tensors.Mask``,
-    ``BoundingBoxes`` and ``KeyPoints`` in the sample move with the same chosen rows; other inputs
-    pass through. The model is held by reference (it is not a submodule: ``state_dict()`` is empty).
+    It follows v2's extension contract: :meth:`make_params` runs the search and :meth:`transform`
+    moves one input with the chosen rows, so ``v2.Compose``, ``v2.RandomApply`` and a replay of
+    ``make_params`` on other inputs work as for any v2 transform. Which inputs are transformed is v2's
+    own rule: ``tv_tensors.Image``, PIL images, ``Mask``, ``BoundingBoxes``, ``KeyPoints``, and a pure
+    tensor only when the sample has no explicit image (then the first one). The search scores the first
+    image among them (``(C, H, W)``, or a batch ``(B, C, H, W)`` searched at once); every other image,
+    mask, box set and keypoint set moves with the same rows (a second image, e.g. a PIL mask, is warped
+    as an image: wrap masks as ``tv_tensors.Mask`` to move them by nearest neighbour). Labels are read
+    from the sample with torchvision's heuristic (:func:`find_labels`). The model is held by reference
+    (it is not a submodule: ``state_dict()`` is empty). The last search is kept in :attr:`last_result`.
 
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise on screen, then pixels right and down,
-        about the image centre. The image is warped with the search's interpolation and padding
+        about the image centre. Images are warped with the search's interpolation and padding
         (bilinear, zeros by default) exactly as :func:`advspatial.roto_translate` does, masks by
         nearest neighbour with ``mask_fill`` outside (:func:`advspatial.roto_translate_masks`),
         boxes as torchvision's ``affine`` does (enclosing box of the moved corners, clamped to the
-        canvas unless ``clamping_mode=None``), keypoints exactly (not clamped). The model scores the
-        image as it reaches this transform, as float in ``[0, 1]`` for integer images and PIL; the
-        output keeps the input's type and dtype.
+        canvas unless ``clamping_mode=None``), keypoints exactly (not clamped). Boxes and keypoints keep
+        their dtype (integer coordinates are truncated, as torchvision does).
+
+    Dtypes:
+        The model scores the image as it reaches this transform, as float in ``[0, 1]`` for integer
+        images and PIL, cast to the model's floating dtype (a float16 or float64 image with a float32
+        model is scored in float32); every output keeps its input's type and dtype.
 
     Args:
         search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model).
-        labels_getter: ``"default"`` (the heuristic above), a callable ``sample -> labels``, or
+        labels_getter: ``"default"`` (:func:`find_labels`), a callable ``sample -> labels``, or
             ``None`` to score without labels (divergence from the clean prediction).
         mask_fill: value of mask pixels that come from outside the mask.
 
@@ -89,8 +134,8 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         >>> pipeline = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
         ...                        SpatialSearchV2(WorstOfK(model, k=4))])
         >>> image, label = pipeline(torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8), 3)
-        >>> type(image).__name__, image.shape, label
-        ('Image', torch.Size([1, 8, 8]), 3)
+        >>> type(image).__name__, image.shape, label, pipeline.transforms[-1].last_result.params.shape
+        ('Image', torch.Size([1, 8, 8]), 3, torch.Size([1, 3]))
         >>> len(pipeline.state_dict())
         0
     """
@@ -112,113 +157,143 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
             raise AdvSpatialError(f"mask_fill must be a number, got {mask_fill!r}")
         self.labels_getter = labels_getter
         self.mask_fill = mask_fill
+        self.last_result: SearchResult | None = None
+        self._sample_labels: Any = _NOT_READ
         self._worker_seed: dict[str, int] = {}
 
-    def _labels(self, sample: Any) -> Any:
+    def forward(self, *inputs: Any) -> Any:
+        """Read the sample's labels (as ``v2.SanitizeBoundingBoxes`` does), then run v2's own forward.
+
+        v2's ``forward`` hands :meth:`make_params` only the inputs it transforms, and labels are not
+        among them; this is the one thing done here. Flattening, the pure-tensor rule,
+        :meth:`make_params` and :meth:`transform` are the base class's.
+        """
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        self._sample_labels = self._target(sample)
+        try:
+            return super().forward(*inputs)
+        finally:
+            self._sample_labels = _NOT_READ
+
+    def _target(self, sample: Any) -> Any:
+        """What the search scores the image against: today the class label(s) of the sample."""
         if self.labels_getter is None:
             return None
         if self.labels_getter == "default":
-            return _default_labels(sample)
+            return find_labels(sample)
         return self.labels_getter(sample)  # type: ignore[operator]
 
-    @staticmethod
-    def _find_image(flat: list[Any], labels: Any) -> int:
-        explicit = [i for i, x in enumerate(flat) if isinstance(x, tv_tensors.Image)]
-        if len(explicit) > 1:
-            raise AdvSpatialError(f"SpatialSearchV2 expects one image per sample, got {len(explicit)}")
-        if explicit:
-            return explicit[0]
-        for i, x in enumerate(flat):
-            if isinstance(x, PIL.Image.Image) or (
-                type(x) is Tensor and x is not labels and x.ndim >= 2  # a pure tensor image, as v2 reads it
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        """Refuse inputs this transform cannot move (before anything is searched)."""
+        for item in flat_inputs:
+            if isinstance(item, tv_tensors.TVTensor) and not isinstance(
+                item, tv_tensors.Image | tv_tensors.Mask | tv_tensors.BoundingBoxes | tv_tensors.KeyPoints
             ):
-                return i
-        raise AdvSpatialError(
-            "SpatialSearchV2 found no image in the sample: expected a tensor (C, H, W) / (B, C, H, W), "
-            "a tv_tensors.Image or a PIL image"
-        )
+                raise AdvSpatialError(
+                    f"SpatialSearchV2 does not support {type(item).__name__} in a sample (supported: "
+                    "images, Mask, BoundingBoxes in XYXY/XYWH/CXCYWH, KeyPoints)"
+                )
 
-    def forward(self, *inputs: Any) -> Any:
-        """Search the sample's (or batch's) image, then move the image and its targets."""
-        sample = inputs if len(inputs) > 1 else inputs[0]
-        raw_labels = self._labels(sample)
-        flat, spec = tree_flatten(sample)
-        index = self._find_image(flat, raw_labels)
-        image = flat[index]
-        tensor = F.pil_to_tensor(image) if isinstance(image, PIL.Image.Image) else image.as_subclass(Tensor)
-        if tensor.ndim not in (3, 4) or (
-            tensor.shape[-3] not in (1, 2, 3, 4) and tensor.shape[-1] in (1, 3, 4)
-        ):
+    def make_params(self, flat_inputs: list[Any], labels: Any = _NOT_READ) -> dict[str, Any]:
+        """Search the first image of ``flat_inputs`` (the inputs v2 transforms).
+
+        Args:
+            flat_inputs: as v2's ``forward`` passes them.
+            labels: the image's labels; by default those :meth:`forward` read from the sample. Pass
+                them when calling ``make_params`` yourself (``None`` with ``labels_getter=None``).
+
+        Returns:
+            ``{"params": (B, 3) rows on the CPU, "batched": bool}``; :attr:`last_result` holds the search.
+        """
+        labels = self._sample_labels if labels is _NOT_READ else labels
+        images = [item for item in flat_inputs if _is_image(item)]
+        if not images:
             raise AdvSpatialError(
-                "SpatialSearchV2 expects images laid out (C, H, W) or (B, C, H, W) (channels first, "
-                f"as torchvision does), got shape {tuple(tensor.shape)}"
+                "SpatialSearchV2 found no image in the sample: expected a tensor (C, H, W) / (B, C, H, W), "
+                "a tv_tensors.Image or a PIL image"
             )
+        tensor = _as_tensor(images[0])
         batched = tensor.ndim == 4
-        images = tensor if batched else tensor.unsqueeze(0)
-        floats = images if images.is_floating_point() else F.to_dtype(images, torch.float32, scale=True)
-        device = target_device(self.search, floats.device)
-        floats = floats.to(device)
-        labels = None
+        stacked = tensor if batched else tensor.unsqueeze(0)
+        floats = stacked if stacked.is_floating_point() else F.to_dtype(stacked, torch.float32, scale=True)
+        floats = scoring_images(self.search, floats)
+        target = None
         if self.labels_getter is not None:
-            labels = check_labels(
-                _as_label_tensor(raw_labels, floats.shape[0], batched), floats.shape[0], device
+            if labels is _NOT_READ:
+                raise AdvSpatialError(
+                    "SpatialSearchV2.make_params needs the labels when called outside forward: "
+                    "make_params(flat_inputs, labels=...)"
+                )
+            target = check_labels(
+                _as_label_tensor(labels, floats.shape[0], batched), floats.shape[0], floats.device
             )
         enter_worker(self.search, type(self).__name__, self._worker_seed)
-        result = self.search.search(floats, labels)
-        params = result.params
-        warped = self.search.apply(floats, params).to(images.device)
-        if not images.is_floating_point():
-            warped = F.to_dtype(warped, images.dtype, scale=True)
-        out_image: Any = warped if batched else warped[0]
-        if isinstance(image, PIL.Image.Image):
-            out_image = F.to_pil_image(out_image, mode=image.mode)
-        elif isinstance(image, tv_tensors.TVTensor):
-            out_image = tv_tensors.wrap(out_image, like=image)
-        size = (images.shape[-2], images.shape[-1])
-        params_cpu = params.cpu()
-        flat_out = [
-            out_image if i == index else self._move_target(x, params_cpu, batched, size)
-            for i, x in enumerate(flat)
-        ]
-        return tree_unflatten(flat_out, spec)
+        result = self.search.search(floats, target)
+        self.last_result = result
+        return {"params": result.params.detach().cpu(), "batched": batched}
 
-    def _move_target(self, target: Any, params: Tensor, batched: bool, size: tuple[int, int]) -> Any:
-        batch = params.shape[0]
-        if isinstance(target, tv_tensors.Mask):
-            if target.shape[-2:] != size or target.ndim < 2 + batched or target.ndim > 3 + batched:
-                raise AdvSpatialError(
-                    f"Mask must be {'(B, H, W) or (B, N, H, W)' if batched else '(H, W) or (N, H, W)'} "
-                    f"on the image's canvas {size}, got shape {tuple(target.shape)}"
-                )
-            plain = target.as_subclass(Tensor)
-            stacked = plain if batched else plain.unsqueeze(0)
-            moved = roto_translate_masks(stacked, params.to(plain.device), fill=self.mask_fill)
-            return tv_tensors.wrap(moved if batched else moved[0], like=target)
-        if isinstance(target, tv_tensors.BoundingBoxes):
-            return self._move_boxes(target, params, batched, size)
-        if isinstance(target, tv_tensors.KeyPoints):
-            if tuple(target.canvas_size) != size:
-                raise AdvSpatialError(f"KeyPoints canvas_size must be {size}, got {target.canvas_size}")
-            plain = target.as_subclass(Tensor)
-            if batched and (plain.ndim < 2 or plain.shape[0] != batch):
-                raise AdvSpatialError(
-                    f"KeyPoints in a batch must have shape (B, ..., 2) with B = {batch}, "
-                    f"got {tuple(plain.shape)}"
-                )
-            rows = plain.reshape(batch, -1, 2)
-            moved = roto_translate_points(rows, params.to(plain.device), size).reshape(plain.shape)
-            return tv_tensors.wrap(moved, like=target)
-        if isinstance(target, tv_tensors.TVTensor):
-            raise AdvSpatialError(
-                f"SpatialSearchV2 does not support {type(target).__name__} in a sample (supported: one "
-                "image, Mask, BoundingBoxes in XYXY/XYWH/CXCYWH, KeyPoints)"
-            )
-        return target
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Move one input with the chosen rows, by its type (images, masks, boxes, keypoints)."""
+        rows: Tensor = params["params"]
+        batched: bool = params["batched"]
+        if isinstance(inpt, tv_tensors.Mask):
+            return self._move_mask(inpt, rows, batched)
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return self._move_boxes(inpt, rows, batched)
+        if isinstance(inpt, tv_tensors.KeyPoints):
+            return self._move_points(inpt, rows, batched)
+        if _is_image(inpt):
+            return self._move_image(inpt, rows, batched)
+        return inpt
 
     @staticmethod
-    def _move_boxes(
-        boxes: tv_tensors.BoundingBoxes, params: Tensor, batched: bool, size: tuple[int, int]
-    ) -> tv_tensors.BoundingBoxes:
+    def _check_batch(
+        name: str, shape: tuple[int, ...], rows: Tensor, batched: bool, ndims: tuple[int, int]
+    ) -> None:
+        low, high = ndims[0] + batched, ndims[1] + batched
+        if not low <= len(shape) <= high or (batched and shape[0] != rows.shape[0]):
+            form = f"(B, ...) with B = {rows.shape[0]}" if batched else "one sample's"
+            raise AdvSpatialError(
+                f"{name} must match the searched image ({form}, {low} to {high} dimensions), "
+                f"got shape {shape}"
+            )
+
+    def _move_image(self, image: Any, rows: Tensor, batched: bool) -> Any:
+        tensor = _as_tensor(image)
+        self._check_batch("every image", tuple(tensor.shape), rows, batched, (3, 3))
+        stacked = tensor if batched else tensor.unsqueeze(0)
+        floats = stacked if stacked.is_floating_point() else F.to_dtype(stacked, torch.float32, scale=True)
+        warped = self.search.apply(floats, rows.to(device=floats.device, dtype=floats.dtype))
+        if not stacked.is_floating_point():
+            warped = F.to_dtype(warped, stacked.dtype, scale=True)
+        out: Any = warped if batched else warped[0]
+        if isinstance(image, PIL.Image.Image):
+            return F.to_pil_image(out, mode=image.mode)
+        if isinstance(image, tv_tensors.TVTensor):
+            return tv_tensors.wrap(out, like=image)
+        return out
+
+    def _move_mask(self, mask: tv_tensors.Mask, rows: Tensor, batched: bool) -> tv_tensors.Mask:
+        self._check_batch("Mask", tuple(mask.shape), rows, batched, (2, 3))
+        plain = mask.as_subclass(Tensor)
+        stacked = plain if batched else plain.unsqueeze(0)
+        moved = roto_translate_masks(stacked, rows.to(plain.device), fill=self.mask_fill)
+        return tv_tensors.wrap(moved if batched else moved[0], like=mask)
+
+    def _move_points(self, points: tv_tensors.KeyPoints, rows: Tensor, batched: bool) -> tv_tensors.KeyPoints:
+        plain = points.as_subclass(Tensor)
+        batch = rows.shape[0]
+        if batched and (plain.ndim < 2 or plain.shape[0] != batch):
+            raise AdvSpatialError(
+                f"KeyPoints in a batch must have shape (B, ..., 2) with B = {batch}, got {tuple(plain.shape)}"
+            )
+        size = (int(points.canvas_size[0]), int(points.canvas_size[1]))
+        floats = plain if plain.is_floating_point() else plain.double()
+        moved = roto_translate_points(floats.reshape(batch, -1, 2), rows.to(floats.device), size)
+        return tv_tensors.wrap(moved.reshape(plain.shape).to(plain.dtype), like=points)
+
+    @staticmethod
+    def _move_boxes(boxes: tv_tensors.BoundingBoxes, rows: Tensor, batched: bool) -> tv_tensors.BoundingBoxes:
         if batched:
             raise AdvSpatialError(
                 "BoundingBoxes hold one sample's boxes (N, 4); apply SpatialSearchV2 per sample "
@@ -229,17 +304,18 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
                 f"BoundingBoxes format must be one of {_PLAIN_BOX_FORMATS}, got {boxes.format.name} "
                 "(rotated boxes are not supported)"
             )
-        if tuple(boxes.canvas_size) != size:
-            raise AdvSpatialError(f"BoundingBoxes canvas_size must be {size}, got {boxes.canvas_size}")
+        size = (int(boxes.canvas_size[0]), int(boxes.canvas_size[1]))
+        plain = boxes.as_subclass(Tensor)
+        floats = plain if plain.is_floating_point() else plain.double()
         xyxy = F.convert_bounding_box_format(
-            boxes.as_subclass(Tensor), old_format=boxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
+            floats, old_format=boxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
         )
         clamp = getattr(boxes, "clamping_mode", "soft") is not None
-        moved = roto_translate_boxes(xyxy.unsqueeze(0), params.to(xyxy.device), size, clamp=clamp)[0]
+        moved = roto_translate_boxes(xyxy.unsqueeze(0), rows.to(xyxy.device), size, clamp=clamp)[0]
         back = F.convert_bounding_box_format(
             moved, old_format=tv_tensors.BoundingBoxFormat.XYXY, new_format=boxes.format
         )
-        return tv_tensors.wrap(back, like=boxes)
+        return tv_tensors.wrap(back.to(plain.dtype), like=boxes)
 
     def extra_repr(self) -> str:
         return f"search={self.search!r}, labels_getter={self.labels_getter!r}, mask_fill={self.mask_fill!r}"

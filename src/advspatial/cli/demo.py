@@ -27,9 +27,6 @@ from advspatial.distributed import (
     is_main_process,
     launched_by_torchrun,
     rank_generator,
-    sharded_grid_accuracy,
-    sharded_search_accuracy,
-    sharded_worst_of_k_accuracy,
     wrap_ddp,
 )
 from advspatial.evaluation.landscape import loss_landscape
@@ -153,22 +150,15 @@ def run_demo(
         start = time.perf_counter()
         recipe.train(model, train, epochs, seed, progress)
         seconds = time.perf_counter() - start
-        if _sharded():  # the same numbers as one process, each rank scoring its shard
-            natural = sharded_search_accuracy(model, test, None, progress=progress)
-            rand = sharded_worst_of_k_accuracy(
-                model, test, k=1, seed=seed + 2, name="random", progress=progress
-            )
-            worst = sharded_worst_of_k_accuracy(model, test, k=10, seed=seed + 1, progress=progress)
-            grid = sharded_grid_accuracy(model, test, early_exit=True, progress=progress)
-        else:
-            natural = natural_accuracy(model, loader, progress=progress)
-            rand = random_accuracy(
-                model, loader, generator=torch.Generator().manual_seed(seed + 2), progress=progress
-            )
-            worst = worst_of_k_accuracy(
-                model, loader, k=10, generator=torch.Generator().manual_seed(seed + 1), progress=progress
-            )
-            grid = grid_accuracy(model, loader, early_exit=True, progress=progress)
+        # Under torchrun each sweep shards the test set and returns the one-process numbers.
+        natural = natural_accuracy(model, loader, progress=progress)
+        rand = random_accuracy(
+            model, loader, generator=torch.Generator().manual_seed(seed + 2), progress=progress
+        )
+        worst = worst_of_k_accuracy(
+            model, loader, k=10, generator=torch.Generator().manual_seed(seed + 1), progress=progress
+        )
+        grid = grid_accuracy(model, loader, early_exit=True, progress=progress)
         rows.append(
             DemoRow(
                 name=recipe.name,
@@ -181,6 +171,8 @@ def run_demo(
                 grid_exhaustive_evaluations=grid.exhaustive_evaluations,
             )
         )
+        if output is not None:
+            profile = rotation_profile(model, loader, progress=progress)  # every rank: it shards itself
         if output is not None and is_main_process():
             table[recipe.name] = {
                 "natural": natural.accuracy,
@@ -188,10 +180,10 @@ def run_demo(
                 "worst-of-10": worst.accuracy,
                 "grid": grid.accuracy,
             }
-            profiles[recipe.name] = rotation_profile(model, loader, progress=progress)
+            profiles[recipe.name] = profile
             images, labels = test.tensors[0][:3], test.tensors[1][:3]
             landscape = loss_landscape(model, images, labels)
-            landscape.save_plot(Path(output) / f"landscape_{_slug(recipe.name)}.png")
+            landscape.save_plot(Path(output) / f"landscape_{_slug(recipe.name)}.png", model=recipe.name)
     if output is not None and is_main_process():
         _write_summary_plots(table, profiles, Path(output))
     return rows

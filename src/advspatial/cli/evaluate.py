@@ -40,7 +40,6 @@ from advspatial.distributed.context import (
     distributed_session,
     launched_by_torchrun,
 )
-from advspatial.distributed.evaluation import sharded_robustness_sweep
 from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
@@ -423,7 +422,7 @@ def _main(args: argparse.Namespace) -> int:
     _check_arguments(args)
     if not launched_by_torchrun():
         return _evaluate(args, _device(args.device), None)
-    # Under torchrun: gloo on CPU, NCCL on CUDA; the sweep is sharded, rank 0 writes the report.
+    # Under torchrun: gloo on CPU, NCCL on CUDA; the sweeps shard themselves, rank 0 writes the report.
     with distributed_session(device=None if args.device == "auto" else _device(args.device)) as context:
         code = _evaluate(args, context.device, context)
         barrier()
@@ -450,14 +449,11 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "progress": progress,
         **space,
     }
-    try:
-        if context is None:
-            results = robustness_sweep(model, loader, **sweep)
-        else:
-            results = sharded_robustness_sweep(model, dataset, batch_size=args.batch_size, **sweep)
-            if not context.is_main:
-                return 0
+    try:  # under torchrun each call shards the data and returns the whole result on every rank
+        results = robustness_sweep(model, loader, **sweep)
         profile = rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+        if context is not None and not context.is_main:
+            return 0
     except RuntimeError as error:
         if "stack expects each tensor to be equal size" in str(error):
             raise AdvSpatialError("the images differ in size; pass --resize N to make them N x N") from error
@@ -495,13 +491,16 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
             output / "accuracy.png",
             title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
         ),
-        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png"),
+        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
         "rotation_profile": profile.save_plot(output / "rotation_profile.png", label=args.model),
     }
     if count > 0:
         images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
         landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
-        plots["landscape"] = landscape.save_plot(output / "landscape.png")
+        classes = getattr(dataset, "classes", None)
+        plots["landscape"] = landscape.save_plot(
+            output / "landscape.png", model=args.model, class_names=classes
+        )
     print(f"{'attack':<12} accuracy")
     for name, result in results.items():
         print(f"{name:<12} {100 * result.accuracy:6.1f} %")

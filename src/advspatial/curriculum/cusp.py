@@ -122,6 +122,14 @@ class CurriculumSpatial:
         self.generator = generator
         self.interpolation = choice(interpolation, "interpolation", INTERPOLATIONS)
         self.padding = choice(padding, "padding", PADDINGS)
+        # Built once; each call scores the candidates drawn from the current stage's box.
+        self._worst_of_k = WorstOfK(
+            self.model,
+            k=self.k,
+            max_translation=self.translation,
+            interpolation=interpolation,
+            padding=padding,
+        )
 
     # -- the curriculum -------------------------------------------------------------------------
 
@@ -188,22 +196,17 @@ class CurriculumSpatial:
         batch = images.shape[0]
         if self.spatial == "random":
             return self.box.sample((batch,), generator=self.generator, device=images.device)
-        search = WorstOfK(
-            self.model,
-            k=self.k,
-            max_rotation=self.rotation,
-            max_translation=self.translation,
-            generator=self.generator,
-            interpolation=self.interpolation,
-            padding=self.padding,
-        )
-        return search.search(images, labels).params
+        candidates = self.box.sample((batch, self.k), generator=self.generator, device=images.device)
+        return self._worst_of_k.search(images, labels, candidates=candidates).params
 
     def pair(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(T_theta(x), T_theta(x) + A_eps(T_theta(x)))``, both detached; for a TRADES loss."""
         images = check_images(images)
         check_same_device(self.model, images)
-        labels = check_labels(labels, images.shape[0], images.device)
+        if not isinstance(labels, Tensor) or images.shape[0] == 0 or self._labels_unchecked_downstream:
+            labels = check_labels(labels, images.shape[0], images.device)
+        # Otherwise the worst-of-k search and the PGD attack check the labels before using them; a
+        # label check is a device sync, so CuSP does not add one of its own.
         if images.shape[0] == 0:
             return images.detach().clone(), images.detach().clone()
         with torch.no_grad():
@@ -224,6 +227,10 @@ class CurriculumSpatial:
             generator=self.generator,
         )
         return rotated, adversarial
+
+    @property
+    def _labels_unchecked_downstream(self) -> bool:
+        return self.spatial == "random" and self.adversarial == "none"
 
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         """Return ``T_theta(x) + A_eps(T_theta(x))`` for the current stage (same shape, dtype, device)."""

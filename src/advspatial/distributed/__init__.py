@@ -1,10 +1,18 @@
-"""Distributed data parallel (``torchrun``): process-group set-up, per-rank seeds, sharded evaluation.
+"""Distributed data parallel (``torchrun``): process-group set-up, collectives, samplers, DDP wrapping.
 
 Launch any script with ``torchrun --nproc_per_node N script.py``; :func:`init_distributed` reads
 ``torchrun``'s environment and chooses gloo on CPU, NCCL on CUDA. Searches score a DDP-wrapped model
 through ``.module``: the extra forward passes trigger no gradient hooks and no buffer broadcasts.
+Evaluation needs nothing from here: every function of :mod:`advspatial.evaluation` shards its data
+by itself when a process group is running.
 """
 
+from advspatial.distributed.collectives import (
+    all_gather_tensor,
+    all_reduce_sum,
+    check_same_model,
+    check_same_tensor,
+)
 from advspatial.distributed.context import (
     BACKENDS,
     DistributedContext,
@@ -28,26 +36,20 @@ from advspatial.distributed.curriculum import (
     save_on_main,
     sync_stage,
 )
-from advspatial.distributed.evaluation import (
-    IndexedDataset,
-    shard_loader,
-    sharded_grid_accuracy,
-    sharded_robustness_sweep,
-    sharded_search_accuracy,
-    sharded_worst_of_k_accuracy,
-)
-from advspatial.distributed.sampling import candidate_table, rank_generator, rank_seed
+from advspatial.distributed.sampling import rank_generator, rank_seed, shard_sampler
 from advspatial.distributed.training import broadcast_model_state, fit_distributed, wrap_ddp
 
 __all__ = [
     "BACKENDS",
     "DistributedContext",
-    "IndexedDataset",
+    "all_gather_tensor",
+    "all_reduce_sum",
     "barrier",
     "broadcast_model_state",
     "broadcast_object",
-    "candidate_table",
+    "check_same_model",
     "check_same_stage",
+    "check_same_tensor",
     "current_context",
     "curriculum_state_dict",
     "default_backend",
@@ -64,11 +66,7 @@ __all__ = [
     "rank_generator",
     "rank_seed",
     "save_on_main",
-    "shard_loader",
-    "sharded_grid_accuracy",
-    "sharded_robustness_sweep",
-    "sharded_search_accuracy",
-    "sharded_worst_of_k_accuracy",
+    "shard_sampler",
     "sync_stage",
     "wrap_ddp",
 ]

@@ -1,11 +1,11 @@
-"""Reproducible randomness across ranks (layer 7).
-
-Two needs, two tools:
+"""Which samples and which random draws belong to this rank (layer 7 plumbing).
 
 * training: each rank must draw *different* candidates (else every shard sees the same
   transforms), reproducibly: :func:`rank_generator` seeds a generator from ``(seed, rank)``;
-* evaluation: a sharded worst-of-k must draw, for every sample, the *same* candidates whatever the
-  rank and the number of ranks: :func:`candidate_table` draws them keyed by the dataset index.
+* evaluation: :func:`shard_sampler` gives this rank its shard of a dataset, in order, and says
+  which of its positions are the sampler's padding. (Random searches draw the same candidates per
+  sample on every rank through ``WorstOfK.search(..., candidates=...)``; see
+  :mod:`advspatial.evaluation.walk`.)
 
 The library never seeds torch's global generator.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
 
-from advspatial.distributed.context import get_rank
+from advspatial.distributed.context import DistributedContext, current_context, get_rank
 from advspatial.errors import positive_int
-from advspatial.space.box import RotoTranslationBox
 
-__all__ = ["candidate_table", "rank_generator", "rank_seed"]
+__all__ = ["rank_generator", "rank_seed", "shard_sampler"]
 
 
 def rank_seed(seed: int, rank: int | None = None) -> int:
@@ -62,20 +62,25 @@ def rank_generator(
     return torch.Generator(device=device).manual_seed(rank_seed(seed, rank))
 
 
-def candidate_table(box: RotoTranslationBox, samples: int, k: int, seed: int) -> Tensor:
-    """``(samples, k, 3)`` candidates, row ``i`` for dataset index ``i``, identical on every rank.
+def shard_sampler(
+    dataset: Dataset[object], context: DistributedContext | None = None
+) -> tuple[DistributedSampler[object], Tensor]:
+    """This rank's ``DistributedSampler(shuffle=False, drop_last=False)`` and which positions it owns.
 
-    The draw equals what :class:`advspatial.WorstOfK` with ``generator=torch.Generator().manual_seed(seed)``
-    draws walking the dataset in order (whatever the batch size), so a sharded worst-of-k gives
-    exactly the single-process numbers of :func:`advspatial.evaluation.worst_of_k_accuracy`.
+    Rank ``r`` of ``W`` gets the sampler positions ``r, r + W, r + 2W, ...``; the sampler pads the
+    last shard by repeating the first samples so that every rank gets the same number. The second
+    value is a bool ``(len(sampler),)`` tensor: ``False`` at padding positions (``>= len(dataset)``).
 
     Example:
-        >>> box = RotoTranslationBox.of(30, 3)
-        >>> table = candidate_table(box, samples=5, k=10, seed=0)
-        >>> table.shape, bool(box.contains(table).all())
-        (torch.Size([5, 10, 3]), True)
+        >>> data = torch.utils.data.TensorDataset(torch.arange(5))
+        >>> context = current_context()
+        >>> sampler, owned = shard_sampler(data, context)
+        >>> list(sampler), owned.tolist()
+        ([0, 1, 2, 3, 4], [True, True, True, True, True])
     """
-    positive_int(samples, "samples", minimum=0)
-    positive_int(k, "k")
-    positive_int(seed, "seed", minimum=0)
-    return box.sample((samples, k), generator=torch.Generator().manual_seed(seed))
+    context = context or current_context()
+    sampler: DistributedSampler[object] = DistributedSampler(
+        dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False, drop_last=False
+    )
+    positions = context.rank + context.world_size * torch.arange(len(sampler))
+    return sampler, positions < len(dataset)  # type: ignore[arg-type]

@@ -5,45 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Targets", "per_sample_objective"]
+from advspatial.tasks.base import Task
+
+__all__ = ["Targets", "select_worst"]
 
 
 @dataclass(frozen=True)
 class Targets:
-    """What a candidate is scored against, per image.
+    """What the candidates of one search are scored against, per image.
 
-    With labels, ``classes`` are the labels and the objective is cross-entropy. Without labels,
-    ``classes`` are the model's clean predictions and ``reference_log_probs`` its clean
-    log-probabilities; the objective is ``KL(p_clean || p_candidate)``.
+    With targets (labels, masks, boxes, points), ``values`` holds them and each pair is scored by the
+    task's objective against the targets moved with the pair's row. Without (label-free),
+    ``values`` holds the task's reference built from the clean outputs, moved and scored the same way
+    with the task's reference objective.
     """
 
-    classes: Tensor
-    reference_log_probs: Tensor | None = None
+    task: Task
+    values: Tensor
+    labelled: bool
 
+    def groups(self) -> Tensor:
+        """``(B,)`` early-exit groups (the class for classification, one group otherwise)."""
+        return self.task.groups(self.values)
 
-def per_sample_objective(logits: Tensor, targets: Targets, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Objective (higher is worse for the model) and correctness for each row of ``logits``.
+    def score(
+        self, outputs: Tensor, rows: Tensor, params: Tensor, size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss (N,) float32, correct (N,) bool)`` of N pairs: image ``rows[i]`` under ``params[i]``."""
+        values = self.values[rows]
+        if self.labelled:
+            return self.task.objective(outputs, self.task.move_targets(values, params, size))
+        return self.task.reference_objective(outputs, self.task.move_reference(values, params, size))
 
-    Args:
-        logits: ``(N, num_classes)`` logits of N (image, candidate) pairs.
-        targets: per-image targets.
-        rows: ``(N,)`` index of the image each pair belongs to.
-
-    Returns:
-        ``(loss (N,) float32, correct (N,) bool)``.
-    """
-    logits = logits.float()
-    classes = targets.classes[rows]
-    correct = logits.argmax(dim=1) == classes
-    if targets.reference_log_probs is None:
-        loss = F.cross_entropy(logits, classes, reduction="none")
-    else:
-        reference = targets.reference_log_probs[rows]
-        loss = F.kl_div(F.log_softmax(logits, dim=1), reference, log_target=True, reduction="none").sum(dim=1)
-    return loss, correct
+    def chosen(self, params: Tensor, size: tuple[int, int]) -> Tensor | None:
+        """The targets moved by one chosen row per image (``None`` when label-free)."""
+        if not self.labelled:
+            return None
+        return self.task.move_targets(self.values, params, size)
 
 
 def select_worst(losses: Tensor, correct: Tensor, selection: str) -> Tensor:

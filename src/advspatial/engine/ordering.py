@@ -12,6 +12,9 @@ within one search, from three signals that cost no forward pass:
   trained digits CNN from 1.12x to 1.09x the minimum.
 - **Neighbouring candidates.** Evidence is shared between nearby transforms with a Gaussian kernel
   over the grid normalised to ``[-1, 1]`` per axis: fooling rarely depends on one exact angle.
+  Affine rows ``(angle, tx, ty, scale, shear_x, shear_y)`` are measured as offsets from the identity,
+  with ``log(scale)`` in place of ``scale``; grids above 2048 candidates share no evidence between
+  neighbours (the kernel would be too large), only per candidate.
 - **What this image survived.** A candidate next to one the image already withstood is tried later.
 
 Images are admitted in cohorts growing by a quarter a round (32, 40, 50, ...) so that early images
@@ -51,11 +54,19 @@ class PairScorer(Protocol):
     def score(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
+def _offsets(candidates: Tensor) -> Tensor:
+    """Rows as offsets from the identity: affine rows get ``log(scale)`` in their scale column."""
+    if candidates.shape[-1] != 6:
+        return candidates
+    return torch.cat([candidates[:, :3], candidates[:, 3:4].log(), candidates[:, 4:]], dim=1)
+
+
 def prior_order(candidates: Tensor) -> Tensor:
     """Candidate indices, largest transforms first and the identity last (the order before evidence).
 
     Args:
-        candidates: ``(K, 3)`` rows ``(angle, tx, ty)``; each axis is scaled by its largest magnitude.
+        candidates: ``(K, 3)`` rows ``(angle, tx, ty)`` or ``(K, 6)`` affine rows (scale measured
+            as ``log(scale)``); each axis is scaled by its largest magnitude.
 
     Returns:
         ``(K,)`` long permutation.
@@ -63,9 +74,13 @@ def prior_order(candidates: Tensor) -> Tensor:
     Example:
         >>> prior_order(torch.tensor([[0.0, 0.0, 0.0], [10.0, 1.0, 0.0], [30.0, 3.0, 3.0]]))
         tensor([2, 1, 0])
+        >>> affine = [[0.0, 0, 0, 1.0, 0, 0], [0.0, 0, 0, 0.8, 0, 0], [0.0, 0, 0, 1.1, 5, 0]]
+        >>> prior_order(torch.tensor(affine))
+        tensor([2, 1, 0])
     """
-    scale = candidates.abs().amax(dim=0).clamp(min=1e-12)
-    size = (candidates.abs() / scale).sum(dim=1)
+    offsets = _offsets(candidates).abs()
+    scale = offsets.amax(dim=0).clamp(min=1e-12)
+    size = (offsets / scale).sum(dim=1)
     return torch.argsort(size, descending=True, stable=True)
 
 
@@ -79,7 +94,8 @@ def _kernel(candidates: Tensor) -> Tensor | None:
     key = (candidates.cpu().numpy().tobytes(), tuple(candidates.shape), str(candidates.device))
     kernel = _KERNELS.get(key)
     if kernel is None:
-        unit = candidates / candidates.abs().amax(dim=0).clamp(min=1e-12)
+        offsets = _offsets(candidates)
+        unit = offsets / offsets.abs().amax(dim=0).clamp(min=1e-12)
         kernel = torch.exp(-torch.cdist(unit, unit).square() / (2 * _KERNEL_WIDTH**2))
         if len(_KERNELS) >= _KERNEL_CACHE_SIZE:
             _KERNELS.pop(next(iter(_KERNELS)))
@@ -130,7 +146,8 @@ def score_until_fooled(
 
     Args:
         scorer: scores ``(rows, cols)`` pairs in chunks, returning ``(loss, correct)``.
-        candidates: ``(K, 3)`` rows used for the order only (the first image's set if per-image).
+        candidates: ``(K, 3)`` or ``(K, 6)`` rows used for the order only (the first image's set if
+            per-image).
         classes: ``(B,)`` long labels or predicted classes, used to share evidence within a class.
         losses: ``(B, K)`` output, ``-inf`` where not scored.
         correct: ``(B, K)`` output, ``True`` where right or not scored.

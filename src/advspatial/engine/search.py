@@ -12,20 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advspatial.engine.chunking import default_chunk_size, is_out_of_memory
 from advspatial.engine.model_state import check_same_device, scoring_mode
-from advspatial.engine.objectives import Targets, per_sample_objective
+from advspatial.engine.objectives import Targets
 from advspatial.engine.ordering import score_until_fooled
-from advspatial.errors import AdvSpatialError, check_label_range, check_logits
+from advspatial.errors import AdvSpatialError
 from advspatial.geometry.warp import _warp
+from advspatial.tasks import Classification, Task
 
-__all__ = ["CandidateObjective", "Scores", "ScoringConfig", "score_candidates"]
+__all__ = ["CandidateObjective", "Scores", "ScoringConfig", "prepare_targets", "score_candidates"]
 
 CandidateObjective = Callable[[Tensor, Tensor], Tensor]
-"""A custom per-pair objective ``(logits (N, num_classes) float32, rows (N,) long) -> (N,)``."""
+"""A custom per-pair objective ``(outputs (N, ...) float32, rows (N,) long) -> (N,)``."""
 
 
 @dataclass(frozen=True)
@@ -78,32 +78,59 @@ class _Scorer:
         self,
         net: nn.Module,
         images: Tensor,
-        targets: Targets,
         candidates: Tensor,
         config: ScoringConfig,
+        task: Task,
         objective: CandidateObjective | None = None,
     ):
-        self.net, self.images, self.targets, self.candidates, self.config = (
-            net,
-            images,
-            targets,
-            candidates,
-            config,
-        )
+        self.net, self.images, self.candidates, self.config, self.task = net, images, candidates, config, task
+        self.size: tuple[int, int] = (images.shape[-2], images.shape[-1])
         self.chunk_size = config.chunk_size or default_chunk_size(images)
         self.evaluations = 0
         self.objective = objective
+        self.targets: Targets | None = None
+
+    def _chunks(self, total: int, step: Callable[[int, int], None]) -> None:
+        """Call ``step(start, stop)`` over ``[0, total)`` in chunks; halves the chunk on out-of-memory."""
+        start = 0
+        while start < total:
+            stop = min(start + self.chunk_size, total)
+            try:
+                step(start, stop)
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                if not is_out_of_memory(error) or self.chunk_size == 1:
+                    raise
+                self.chunk_size = max(1, self.chunk_size // 2)
+                continue
+            start = stop
+
+    def prepare(self, targets: Tensor | None) -> Targets:
+        """The search's targets; without them, the task's reference from a chunked clean pass."""
+        if targets is not None:
+            self.targets = Targets(self.task, targets, labelled=True)
+            return self.targets
+        batch = self.images.shape[0]
+        references: list[Tensor] = []
+
+        def clean(start: int, stop: int) -> None:
+            with torch.inference_mode(), self.config.autocast_context(self.images.device):
+                outputs = self.task.check_outputs(self.net(self.images[start:stop]), stop - start, self.size)
+                references.append(self.task.reference(outputs))
+
+        self._chunks(batch, clean)
+        self.evaluations += batch
+        self.targets = Targets(self.task, torch.cat(references), labelled=False)  # a normal tensor
+        return self.targets
 
     def _forward(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.targets is not None
         params = self.candidates[cols] if self.candidates.ndim == 2 else self.candidates[rows, cols]
         with torch.inference_mode(), self.config.autocast_context(self.images.device):
             warped = _warp(self.images[rows], params, self.config.interpolation, self.config.padding)
-            logits = check_logits(self.net(warped), rows.shape[0])
-            if self.targets.reference_log_probs is None:
-                check_label_range(self.targets.classes, logits.shape[1])
-            loss, correct = per_sample_objective(logits, self.targets, rows)
+            outputs = self.task.check_outputs(self.net(warped), rows.shape[0], self.size)
+            loss, correct = self.targets.score(outputs, rows, params, self.size)
             if self.objective is not None:
-                loss = _custom_objective(self.objective, logits, rows)
+                loss = _custom_objective(self.objective, outputs, rows)
         self.evaluations += int(rows.shape[0])
         return loss, correct
 
@@ -116,62 +143,59 @@ class _Scorer:
         """
         losses = torch.empty(rows.shape[0], device=self.images.device)
         corrects = torch.empty(rows.shape[0], dtype=torch.bool, device=self.images.device)
-        start = 0
-        while start < rows.shape[0]:
-            stop = min(start + self.chunk_size, rows.shape[0])
-            try:
-                loss, correct = self._forward(rows[start:stop], cols[start:stop])
-            except (RuntimeError, torch.OutOfMemoryError) as error:
-                if not is_out_of_memory(error) or self.chunk_size == 1:
-                    raise
-                self.chunk_size = max(1, self.chunk_size // 2)
-                continue
-            losses[start:stop] = loss
-            corrects[start:stop] = correct
-            start = stop
+
+        def step(start: int, stop: int) -> None:
+            losses[start:stop], corrects[start:stop] = self._forward(rows[start:stop], cols[start:stop])
+
+        self._chunks(rows.shape[0], step)
         return losses, corrects
 
 
-def _custom_objective(objective: CandidateObjective, logits: Tensor, rows: Tensor) -> Tensor:
-    loss = objective(logits.float(), rows)
+def _custom_objective(objective: CandidateObjective, outputs: Tensor, rows: Tensor) -> Tensor:
+    loss = objective(outputs.float(), rows)
     if not isinstance(loss, Tensor) or loss.shape != rows.shape:
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise AdvSpatialError(f"objective must return a tensor of shape ({rows.shape[0]},), got {shape}")
     return loss.float()
 
 
-def _targets(net: nn.Module, images: Tensor, labels: Tensor | None, config: ScoringConfig) -> Targets:
-    if labels is not None:
-        return Targets(classes=labels)
-    with torch.inference_mode():
-        with config.autocast_context(images.device):
-            logits = check_logits(net(images), images.shape[0]).float()
-        log_probs = F.log_softmax(logits, dim=1)
-    return Targets(classes=log_probs.argmax(dim=1).clone(), reference_log_probs=log_probs.clone())
+def prepare_targets(
+    net: nn.Module, images: Tensor, targets: Tensor | None, config: ScoringConfig, task: Task
+) -> Targets:
+    """Targets of a search whose model is already in scoring mode (the clean pass is chunked)."""
+    return _Scorer(net, images, images.new_zeros(0, 3), config, task).prepare(targets)
 
 
 def score_candidates(
     model: nn.Module,
     images: Tensor,
-    labels: Tensor | None,
+    targets: Tensor | None,
     candidates: Tensor,
     config: ScoringConfig = ScoringConfig(),
     *,
     early_exit: bool = False,
     objective: CandidateObjective | None = None,
+    task: Task | None = None,
 ) -> Scores:
     """Score every candidate transform of every image with batched forward passes.
 
     Args:
-        model: classifier returning ``(N, num_classes)`` logits; DDP wrappers are scored through
-            ``.module``. Its training flags, weights, buffers and gradients are left as they were.
+        model: the model; its output is what ``task`` expects (``(N, num_classes)`` logits for
+            classification); DDP wrappers are scored through ``.module``. Its training flags,
+            weights, buffers and gradients are left as they were.
         images: ``(B, C, H, W)`` float images on the model's device (validated by the caller).
-        labels: ``(B,)`` long labels, or ``None`` to score the divergence from the clean prediction.
-        candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``.
+        targets: the task's targets, checked by the caller with ``task.check_targets`` (``(B,)``
+            labels for classification, ``(B, H, W)`` masks for segmentation, ...), or ``None`` to
+            score the divergence from the clean prediction moved with each candidate.
+        candidates: shared ``(K, 3)`` or per-image ``(B, K, 3)`` rows ``(angle, tx, ty)``, or
+            ``(K, 6)`` / ``(B, K, 6)`` affine rows ``(angle, tx, ty, scale, shear_x, shear_y)``.
         config: warping and chunking options.
         early_exit: accuracy only: stop scoring an image once a candidate fools the model. Pairs are
             tried in an adaptive order (see :mod:`advspatial.engine.ordering`) and packed into
             full chunks; the robust set is exactly the exhaustive one.
+        objective: optional ``(outputs, rows) -> (N,)`` ranking that replaces the task's loss
+            (correctness still comes from the task).
+        task: how pairs are scored (:class:`advspatial.tasks.Classification` when ``None``).
 
     Returns:
         :class:`Scores` with ``(B, K)`` losses and correctness.
@@ -185,10 +209,8 @@ def score_candidates(
     if batch == 0 or count == 0:
         return Scores(losses, correct, scored, 0, 0)
     with scoring_mode(model) as net:
-        targets = _targets(net, images, labels, config)
-        scorer = _Scorer(net, images, targets, candidates, config, objective)
-        if labels is None:
-            scorer.evaluations += batch
+        scorer = _Scorer(net, images, candidates, config, task or Classification(), objective)
+        prepared = scorer.prepare(targets)
         if not early_exit:
             rows = torch.arange(batch, device=device).repeat_interleave(count)
             cols = torch.arange(count, device=device).repeat(batch)
@@ -198,6 +220,6 @@ def score_candidates(
             scored.fill_(True)
         else:
             shared = candidates if candidates.ndim == 2 else candidates[0]
-            score_until_fooled(scorer, shared, targets.classes, losses, correct, scored)
-    exhaustive = batch * count + (batch if labels is None else 0)
+            score_until_fooled(scorer, shared, prepared.groups(), losses, correct, scored)
+    exhaustive = batch * count + (batch if targets is None else 0)
     return Scores(losses, correct, scored, scorer.evaluations, exhaustive)

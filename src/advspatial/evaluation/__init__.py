@@ -1,6 +1,9 @@
-"""Layer 7: evaluation of models under spatial searches, with per-sample details and plots."""
+"""Layer 7: evaluation of models under spatial searches, with per-sample details and plots.
 
-from advspatial.evaluation.accuracy import AccuracyReport, evaluate_accuracy
+Every metric walks the data once through :func:`advspatial.evaluation.walk.walk`; under
+``torchrun`` the same function shards the data and returns the single-process result on every rank.
+"""
+
 from advspatial.evaluation.landscape import LossLandscape, loss_landscape
 from advspatial.evaluation.profiles import (
     Profile,
@@ -22,12 +25,10 @@ from advspatial.evaluation.sweeps import (
 )
 
 __all__ = [
-    "AccuracyReport",
     "LossLandscape",
     "Profile",
     "RotationProfile",
     "SweepResult",
-    "evaluate_accuracy",
     "first_order_accuracy",
     "grid_accuracy",
     "invariance_profile",

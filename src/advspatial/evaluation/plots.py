@@ -3,25 +3,26 @@
 Every function writes one PNG of a fixed pixel size (figure inches x 100 dpi, no tight cropping) and
 returns its path. matplotlib is imported here only (``pip install 'advspatial[demo]'``); no global
 pyplot state is touched, so the plots are safe in scripts, servers and tests.
+
+The plots take plain data (tensors, names, titles) or any object with the attributes a small
+protocol lists (:class:`ProfileCurves`, :class:`RotationCurves`, :class:`LandscapeData`); the
+result types call them from their ``save_plot`` and this module imports none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from advspatial.evaluation.landscape import LossLandscape
-    from advspatial.evaluation.profiles import Profile
-    from advspatial.evaluation.rotation_profile import RotationProfile
-    from advspatial.evaluation.sweeps import SweepResult
-
 __all__ = [
     "DPI",
+    "LandscapeData",
+    "ProfileCurves",
+    "RotationCurves",
     "plot_accuracies",
     "plot_chosen_transforms",
     "plot_landscape",
@@ -30,6 +31,63 @@ __all__ = [
 ]
 
 DPI = 100
+
+
+class ProfileCurves(Protocol):
+    """A metric over perturbation sizes (e.g. :class:`advspatial.evaluation.Profile`)."""
+
+    @property
+    def levels(self) -> Sequence[float]: ...
+    @property
+    def agreement(self) -> Sequence[float]: ...
+    @property
+    def accuracy(self) -> Sequence[float]: ...
+
+
+class RotationCurves(Protocol):
+    """Per-angle and per-range curves (e.g. :class:`advspatial.evaluation.RotationProfile`)."""
+
+    @property
+    def angles(self) -> Tensor: ...
+    @property
+    def accuracy_at_angle(self) -> Tensor: ...
+    @property
+    def ranges(self) -> Tensor: ...
+    @property
+    def worst_case_accuracy(self) -> Tensor: ...
+    @property
+    def invariance(self) -> Tensor: ...
+
+
+class LandscapeData(Protocol):
+    """Loss slices and the worst of their grid (e.g. :class:`advspatial.evaluation.LossLandscape`)."""
+
+    @property
+    def images(self) -> Tensor: ...
+    @property
+    def labels(self) -> Tensor: ...
+    @property
+    def angles(self) -> Tensor: ...
+    @property
+    def offsets(self) -> Tensor: ...
+    @property
+    def cross_offsets(self) -> Tensor: ...
+    @property
+    def axis(self) -> str: ...
+    @property
+    def losses(self) -> Tensor: ...
+    @property
+    def correct(self) -> Tensor: ...
+    @property
+    def worst_params(self) -> Tensor: ...
+    @property
+    def worst_images(self) -> Tensor: ...
+    @property
+    def grid_worst_params(self) -> Tensor: ...
+    @property
+    def grid_worst_loss(self) -> Tensor: ...
+    @property
+    def grid_fooled(self) -> Tensor: ...
 
 
 def _figure(width_px: int, height_px: int) -> Any:
@@ -85,22 +143,64 @@ def plot_accuracies(
     return _save(figure, path)
 
 
-def plot_chosen_transforms(result: SweepResult, path: str | Path) -> Path:
-    """Chosen (angle, tx) per sample of one sweep, withstood in blue, fooled in red; 640 x 480 PNG."""
+def _tally(points: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of ``points`` and how many times each occurs."""
+    if points.shape[0] == 0:
+        return points, torch.zeros(0, dtype=torch.long)
+    return torch.unique(points, dim=0, return_counts=True)
+
+
+def plot_chosen_transforms(params: Tensor, correct: Tensor, path: str | Path, *, title: str = "") -> Path:
+    """The chosen transform per sample: (angle, tx) left, (angle, ty) right; a 640 x 480 PNG.
+
+    Withstood samples in blue, fooled in red. Samples that chose the same point are drawn once,
+    with a marker whose area grows with their number, and the number written next to it.
+
+    Args:
+        params: ``(N, 3)`` rows ``(angle, tx, ty)``.
+        correct: ``(N,)`` bool, ``False`` where the sample was fooled.
+        path: where the PNG goes (folders are created).
+        title: the figure's title (e.g. model, attack and accuracy).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "chosen.png"
+        >>> params = torch.tensor([[30.0, 3.0, 0.0], [30.0, 3.0, 0.0], [-10.0, 0.0, 3.0]])
+        >>> plot_chosen_transforms(params, torch.tensor([False, False, True]), out, title="grid").suffix
+        '.png'
+    """
     figure = _figure(640, 480)
-    axes = figure.add_subplot()
-    params, correct = result.params, result.correct
-    for flag, colour, label in ((True, "tab:blue", "withstood"), (False, "tab:red", "fooled")):
-        chosen = params[correct == flag]
-        axes.scatter(chosen[:, 0], chosen[:, 1], s=12, c=colour, alpha=0.6, label=f"{label} ({len(chosen)})")
-    axes.set_xlabel("angle (degrees, counter-clockwise)")
-    axes.set_ylabel("tx (pixels, right)")
-    axes.set_title(f"{result.name}: accuracy {100 * result.accuracy:.1f}%")
-    axes.legend(loc="upper right")
+    panels = figure.subplots(1, 2, sharex=True)
+    params, correct = params.detach().float().cpu(), correct.detach().bool().cpu()
+    for column, (axes, label) in enumerate(
+        zip(panels, ("tx (pixels, right)", "ty (pixels, down)"), strict=True)
+    ):
+        for flag, colour, name in ((True, "tab:blue", "withstood"), (False, "tab:red", "fooled")):
+            points, counts = _tally(params[correct == flag][:, [0, column + 1]])
+            axes.scatter(
+                points[:, 0],
+                points[:, 1],
+                s=(16 * counts).tolist(),
+                c=colour,
+                alpha=0.5,
+                edgecolors="none",
+                label=f"{name} ({int(counts.sum())} images)",
+            )
+            for (x, y), count in zip(points.tolist(), counts.tolist(), strict=True):
+                if count > 1:
+                    axes.annotate(str(count), (x, y), fontsize=7, ha="center", va="center")
+        axes.set_xlabel("angle (degrees, ccw)", fontsize=8)
+        axes.set_ylabel(label, fontsize=8)
+        axes.tick_params(labelsize=7)
+    panels[0].legend(loc="upper left", fontsize=7, markerscale=0.5)
+    panels[0].set_title("angle, tx (area: number of images)", fontsize=8)
+    panels[1].set_title("angle, ty", fontsize=8)
+    if title:
+        figure.suptitle(title)
     return _save(figure, path)
 
 
-def plot_rotation_profiles(profiles: Mapping[str, RotationProfile], path: str | Path) -> Path:
+def plot_rotation_profiles(profiles: Mapping[str, RotationCurves], path: str | Path) -> Path:
     """Left: accuracy at each angle; right: worst-case accuracy and invariance per range; 960 x 400 PNG."""
     figure = _figure(960, 400)
     left, right = figure.subplots(1, 2)
@@ -129,7 +229,7 @@ def plot_rotation_profiles(profiles: Mapping[str, RotationProfile], path: str | 
     return _save(figure, path)
 
 
-def plot_profiles(profiles: Mapping[str, Profile], path: str | Path, *, xlabel: str) -> Path:
+def plot_profiles(profiles: Mapping[str, ProfileCurves], path: str | Path, *, xlabel: str) -> Path:
     """Agreement (solid) and accuracy (dashed) of each :class:`Profile` over its levels; 640 x 400 PNG.
 
     Args:
@@ -174,27 +274,79 @@ def _edges(centres: Tensor) -> tuple[float, float]:
     return float(centres[0]) - half, float(centres[-1]) + half
 
 
-def plot_landscape(landscape: LossLandscape, path: str | Path) -> Path:
-    """Per image: the original, the worst grid transform and the loss heat map; 900 x (300 x B) PNG."""
+def _class_name(label: int, class_names: Sequence[str] | None) -> str:
+    if class_names is not None and 0 <= label < len(class_names):
+        return f"{class_names[label]!r}"
+    return f"class {label}"
+
+
+def plot_landscape(
+    landscape: LandscapeData,
+    path: str | Path,
+    *,
+    title: str = "",
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Per image: the original, the worst of the slice shown, and the loss heat map; 900 x (300 x B) PNG.
+
+    The heat map is the slice of the (angle, tx, ty) grid where the other offset is 0; the middle
+    panel shows that slice's worst point. The worst point of the whole grid is marked on the heat
+    map with a star when it lies on the slice, and given in the heat map's title otherwise.
+
+    Args:
+        landscape: e.g. a :class:`advspatial.evaluation.LossLandscape`.
+        path: where the PNG goes (folders are created).
+        title: the figure's title, e.g. the model's or the training recipe's name.
+        class_names: names of the classes by index (e.g. an ``ImageFolder``'s ``classes``).
+    """
     batch = landscape.losses.shape[0]
     figure = _figure(900, 300 * batch)
     grid = figure.subplots(batch, 3, squeeze=False, width_ratios=[1, 1, 1.6])
     angles, offsets = landscape.angles, landscape.offsets
+    shown, other = landscape.axis, "y" if landscape.axis == "x" else "x"
+    slice_name = f"t{other} = 0 slice"
+    size = f"{len(angles)} x {len(offsets)} x {len(landscape.cross_offsets)}"
+    column = 1 if shown == "x" else 2
     for row in range(batch):
         original, worst, heat = grid[row]
+        label = int(landscape.labels[row])
+        losses, correct = landscape.losses[row], landscape.correct[row]
+        flat = int(losses.reshape(-1).argmax())
+        worst_loss, worst_right = float(losses.reshape(-1)[flat]), bool(correct.reshape(-1)[flat])
         angle, tx, ty = (float(v) for v in landscape.worst_params[row])
+        verdict = "fooled" if bool(landscape.grid_fooled[row]) else "withstood"
         original.imshow(_display(landscape.images[row]), cmap="gray")
-        original.set_title(f"original (label {int(landscape.labels[row])})", fontsize=9)
+        original.set_title(
+            f"label {_class_name(label, class_names)}\n{verdict} on the {size} grid", fontsize=9
+        )
         worst.imshow(_display(landscape.worst_images[row]), cmap="gray")
-        worst.set_title(f"worst: {angle:+.0f} deg, ({tx:+.1f}, {ty:+.1f}) px", fontsize=9)
+        worst.set_title(
+            f"worst of the {slice_name}\n{angle:+.0f} deg, ({tx:+.1f}, {ty:+.1f}) px\n"
+            f"loss {worst_loss:.3f}, {'right' if worst_right else 'fooled'}",
+            fontsize=8,
+        )
         for axes in (original, worst):
             axes.set_axis_off()
         extent = (*_edges(offsets), *_edges(angles))
-        mesh = heat.imshow(
-            landscape.losses[row].numpy(), origin="lower", aspect="auto", extent=extent, cmap="viridis"
-        )
-        heat.set_xlabel(f"t{landscape.axis} (pixels)")
+        mesh = heat.imshow(losses.numpy(), origin="lower", aspect="auto", extent=extent, cmap="viridis")
+        fooled_points = int((~correct).sum())
+        heat.set_xlabel(f"t{shown} (pixels)")
         heat.set_ylabel("angle (degrees)")
-        heat.set_title("cross-entropy", fontsize=9)
+        g_angle, g_tx, g_ty = (float(v) for v in landscape.grid_worst_params[row])
+        g_loss = float(landscape.grid_worst_loss[row])
+        g_other = g_ty if shown == "x" else g_tx
+        heading = f"cross-entropy, {slice_name} (fooled at {fooled_points} of {correct.numel()} points)"
+        if g_other == 0.0:
+            g_shown = float(landscape.grid_worst_params[row, column])
+            heat.plot([g_shown], [g_angle], marker="*", markersize=12, color="white", markeredgecolor="black")
+            heading += f"\n* worst of the whole grid (loss {g_loss:.3f}) lies on this slice"
+        else:
+            heading += (
+                f"\nworst of the whole grid, off this slice: {g_angle:+.0f} deg, "
+                f"({g_tx:+.1f}, {g_ty:+.1f}) px, loss {g_loss:.3f}"
+            )
+        heat.set_title(heading, fontsize=8)
         figure.colorbar(mesh, ax=heat)
+    if title:
+        figure.suptitle(title)
     return _save(figure, path)

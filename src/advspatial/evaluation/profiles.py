@@ -5,6 +5,10 @@
   (the paper's spatial accuracy uses ``theta = 180``).
 * :func:`invariance_profile`: the rate of invariance ``Pr(f(T x) = f(x))`` for theta over ``[0, 180]``.
 * :func:`robustness_profile`: ``1 - fooling rate`` of PGD, ``Pr(f(x + A_eps(x)) = f(x))``, over eps.
+
+Each walks the data with :func:`advspatial.evaluation.walk.walk` (sharded by itself under
+``torchrun``). The random rotations are keyed by dataset index, so they are the single-process
+draws under ``torchrun`` too; PGD's random start is drawn batch by batch on each rank.
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from advspatial.curriculum.pgd import linf_pgd
-from advspatial.engine.model_state import check_model, model_device, scoring_mode
-from advspatial.errors import AdvSpatialError, check_clip, check_epsilon, choice, positive_int
+from advspatial.engine.model_state import check_model
+from advspatial.errors import AdvSpatialError, check_clip, check_epsilon, choice
+from advspatial.evaluation.plots import plot_profiles
+from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, model_logits, walk
 from advspatial.geometry.warp import INTERPOLATIONS, PADDINGS, _warp
 from advspatial.space.box import RotoTranslationBox
 
 __all__ = ["Profile", "invariance_profile", "pgd_accuracy", "robustness_profile", "rotation_accuracy"]
 
-_Perturb = Callable[[Tensor, Tensor, Tensor], Tensor]
+_Perturb = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""``perturb(images, labels, clean predictions, dataset index) -> perturbed images``."""
 
 
 @dataclass(frozen=True)
@@ -49,52 +55,44 @@ class Profile:
 
     def save_plot(self, path: str | Path, *, xlabel: str, label: str = "model") -> Path:
         """Draw agreement and accuracy over the levels to a 640 x 400 PNG (needs matplotlib)."""
-        from advspatial.evaluation.plots import plot_profiles
-
         return plot_profiles({label: self}, path, xlabel=xlabel)
 
 
-def _batches(
-    model: nn.Module, dataset: Dataset[tuple[Tensor, Tensor]], batch_size: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    device = model_device(model) or torch.device("cpu")
-    for images, labels in DataLoader(dataset, batch_size=positive_int(batch_size, "batch_size")):
-        yield images.to(device), labels.to(device)
-
-
-def _predict(model: nn.Module, images: Tensor) -> Tensor:
-    with scoring_mode(model) as net, torch.inference_mode():
-        return net(images).argmax(dim=1)
-
-
 def _rates(
-    model: nn.Module, dataset: Dataset[tuple[Tensor, Tensor]], perturb: _Perturb, batch_size: int
+    model: nn.Module,
+    data: Data,
+    perturb: _Perturb,
+    batch_size: int | None,
+    draws: Sequence[KeyedDraws] = (),
 ) -> tuple[float, float]:
-    """``(agreement, accuracy)`` of the model on ``perturb(images, labels, clean_predictions)``."""
-    agree = right = seen = 0
-    for images, labels in _batches(model, dataset, batch_size):
-        clean = _predict(model, images)
-        predicted = _predict(model, perturb(images, labels, clean))
-        agree += int((predicted == clean).sum())
-        right += int((predicted == labels).sum())
-        seen += len(labels)
+    """``(agreement, accuracy)`` of the model on ``perturb(images, labels, clean predictions, index)``."""
+
+    def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
+        clean = model_logits(model, images, labels).argmax(dim=1)
+        predicted = model_logits(model, perturb(images, labels, clean, index)).argmax(dim=1)
+        return BatchRows({"agree": predicted == clean, "right": predicted == labels})
+
+    walked = walk(model, data, step, batch_size=batch_size, draws=draws)
+    seen = walked.samples
     if seen == 0:
         return float("nan"), float("nan")
-    return agree / seen, right / seen
+    return int(walked.rows["agree"].sum()) / seen, int(walked.rows["right"].sum()) / seen
 
 
 def _rotate(
     max_rotation: float, generator: torch.Generator | None, interpolation: str, padding: str
-) -> _Perturb:
+) -> tuple[_Perturb, KeyedDraws]:
     box = RotoTranslationBox.of(max_rotation, 0.0)
     choice(interpolation, "interpolation", INTERPOLATIONS)
     choice(padding, "padding", PADDINGS)
+    draws = KeyedDraws(
+        lambda count, device: box.sample((count,), generator=generator, device=device), generator
+    )
 
-    def perturb(images: Tensor, labels: Tensor, clean: Tensor) -> Tensor:
-        params = box.sample((images.shape[0],), generator=generator, device=images.device)
-        return _warp(images, params, interpolation, padding)
+    def perturb(images: Tensor, labels: Tensor, clean: Tensor, index: Tensor) -> Tensor:
+        return _warp(images, draws(index, images.device), interpolation, padding)
 
-    return perturb
+    return perturb, draws
 
 
 def _attack(
@@ -110,7 +108,7 @@ def _attack(
     check_epsilon(eps)
     check_clip(clip)
 
-    def perturb(images: Tensor, labels: Tensor, clean: Tensor) -> Tensor:
+    def perturb(images: Tensor, labels: Tensor, clean: Tensor, index: Tensor) -> Tensor:
         return linf_pgd(
             model,
             images,
@@ -128,7 +126,7 @@ def _attack(
 
 def pgd_accuracy(
     model: nn.Module,
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    data: Data,
     *,
     eps: float,
     steps: int = 10,
@@ -136,20 +134,21 @@ def pgd_accuracy(
     random_start: bool = True,
     clip: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> float:
     """Accuracy under the l-infinity PGD attack against the labels, ``Pr(f(x + A_eps(x)) = y)``.
 
     Args:
         model: classifier (its state is left unchanged).
-        dataset: ``(image, label)`` pairs, images in the range ``clip``.
+        data: a ``Dataset`` of ``(image, label)`` pairs (images in the range ``clip``), a
+            ``DataLoader`` or an iterable of batches.
         eps: l-infinity bound, in pixel units.
         steps: PGD steps.
         step_size: PGD step; ``None`` is ``2.5 * eps / steps``.
         random_start: start from a uniform draw in the eps-ball.
         clip: pixel range, or ``None``.
         generator: generator of the random start.
-        batch_size: images per attack batch.
+        batch_size: images per attack batch for a ``Dataset`` (default 256).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -160,18 +159,18 @@ def pgd_accuracy(
     """
     check_model(model)
     attack = _attack(model, eps, steps, step_size, random_start, clip, generator, "labels")
-    return _rates(model, dataset, attack, batch_size)[1]
+    return _rates(model, data, attack, batch_size)[1]
 
 
 def rotation_accuracy(
     model: nn.Module,
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    data: Data,
     *,
     max_rotation: float = 180.0,
     generator: torch.Generator | None = None,
     interpolation: str = "bilinear",
     padding: str = "zeros",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> float:
     """Spatial accuracy ``Pr(f(T x) = y)``, one rotation per image uniform in ``[-theta, theta]``.
 
@@ -186,19 +185,19 @@ def rotation_accuracy(
         True
     """
     check_model(model)
-    rotate = _rotate(max_rotation, generator, interpolation, padding)
-    return _rates(model, dataset, rotate, batch_size)[1]
+    rotate, draws = _rotate(max_rotation, generator, interpolation, padding)
+    return _rates(model, data, rotate, batch_size, (draws,))[1]
 
 
 def invariance_profile(
     model: nn.Module,
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    data: Data,
     thetas: Sequence[float] = tuple(range(0, 181, 15)),
     *,
     generator: torch.Generator | None = None,
     interpolation: str = "bilinear",
     padding: str = "zeros",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Profile:
     """Rotation invariance profile: the rate of invariance ``Pr(f(T x) = f(x))`` for each theta.
 
@@ -215,16 +214,16 @@ def invariance_profile(
     """
     check_model(model)
     levels = _levels(thetas, "thetas")
-    rates = [
-        _rates(model, dataset, _rotate(theta, generator, interpolation, padding), batch_size)
-        for theta in levels
-    ]
+    rates = []
+    for theta in levels:
+        rotate, draws = _rotate(theta, generator, interpolation, padding)
+        rates.append(_rates(model, data, rotate, batch_size, (draws,)))
     return Profile(levels, tuple(r[0] for r in rates), tuple(r[1] for r in rates))
 
 
 def robustness_profile(
     model: nn.Module,
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    data: Data,
     epsilons: Sequence[float] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
     *,
     steps: int = 10,
@@ -233,7 +232,7 @@ def robustness_profile(
     clip: tuple[float, float] | None = (0.0, 1.0),
     target: str = "predictions",
     generator: torch.Generator | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Profile:
     """PGD robustness profile: ``1 - fooling rate``, ``Pr(f(x + A_eps(x)) = f(x))``, for each eps.
 
@@ -254,7 +253,7 @@ def robustness_profile(
     rates = [
         _rates(
             model,
-            dataset,
+            data,
             _attack(model, eps, steps, step_size, random_start, clip, generator, target),
             batch_size,
         )

@@ -2,13 +2,13 @@
 
 All angles of all images are scored with the batched engine (:func:`advspatial.score_candidates`),
 once against the labels (accuracy) and once against the model's own clean prediction (invariance:
-the prediction does not change).
+the prediction does not change). The data is walked by :func:`advspatial.evaluation.walk.walk`
+(sharded by itself under ``torchrun``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +16,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advspatial.engine.model_state import check_model, model_device
+from advspatial.engine.model_state import check_model
 from advspatial.engine.search import ScoringConfig, score_candidates
 from advspatial.errors import positive_int, symmetric_range
-from advspatial.evaluation.sweeps import _batch_pair, _iterate
+from advspatial.evaluation.plots import plot_rotation_profiles
+from advspatial.evaluation.walk import BatchRows, Data, walk
 
 __all__ = ["RotationProfile", "rotation_profile"]
 
 
 @dataclass(frozen=True)
 class RotationProfile:
-    """Per-angle and per-range accuracy and invariance over a loader.
+    """Per-angle and per-range accuracy and invariance over a dataset.
 
     Attributes:
         angles: ``(K,)`` degrees scored (counter-clockwise positive), translation zero.
@@ -64,28 +65,29 @@ class RotationProfile:
 
     def save_plot(self, path: str | Path, *, label: str = "model") -> Path:
         """Accuracy at each angle and worst-case accuracy / invariance per range; a 960 x 400 PNG."""
-        from advspatial.evaluation.plots import plot_rotation_profiles
-
         return plot_rotation_profiles({label: self}, path)
 
 
 def rotation_profile(
     model: nn.Module,
-    loader: Iterable[Any],
+    data: Data,
     *,
     max_rotation: float = 30.0,
     angles: int = 31,
     ranges: Sequence[float] | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> RotationProfile:
-    """Score ``angles`` rotations in ``[-max_rotation, max_rotation]`` for every image of ``loader``.
+    """Score ``angles`` rotations in ``[-max_rotation, max_rotation]`` for every image of ``data``.
 
     Args:
         model: classifier returning logits (left exactly as it was).
-        loader: iterable of ``(images (B, C, H, W) float, labels (B,))``.
+        data: a ``Dataset`` of ``(image, label)`` pairs, a ``DataLoader``, or an iterable of
+            ``(images (B, C, H, W) float, labels (B,))`` batches.
         max_rotation: degrees.
         angles: number of angles (``linspace``; odd counts include 0).
         ranges: half-widths of the ranges to summarise; default every scored non-negative angle.
+        batch_size: images per batch for a ``Dataset`` (default 256).
         progress: show a progress bar.
 
     Example:
@@ -104,19 +106,18 @@ def rotation_profile(
     else:
         range_values = torch.tensor([symmetric_range(r, "ranges", 1)[0] for r in ranges])
     candidates = torch.stack([grid, torch.zeros_like(grid), torch.zeros_like(grid)], dim=1)
-    device = model_device(model) or torch.device("cpu")
-    start = time.perf_counter()
-    correct: list[Tensor] = []
-    consistent: list[Tensor] = []
-    evaluations = 0
-    for batch in _iterate(loader, progress, "rotation profile"):
-        images, labels = _batch_pair(batch, device)
-        for targets, store in ((labels, correct), (None, consistent)):
+
+    def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
+        rows, evaluations = {}, 0
+        for name, targets in (("correct", labels), ("consistent", None)):
             scores = score_candidates(model, images, targets, candidates, ScoringConfig())
-            store.append(scores.correct.cpu())
+            rows[name] = scores.correct
             evaluations += scores.evaluations
-    right = torch.cat(correct) if correct else torch.zeros(0, count, dtype=torch.bool)
-    same = torch.cat(consistent) if consistent else torch.zeros(0, count, dtype=torch.bool)
+        return BatchRows(rows, {"evaluations": evaluations})
+
+    walked = walk(model, data, step, name="rotation profile", batch_size=batch_size, progress=progress)
+    empty = torch.zeros(0, count, dtype=torch.bool)
+    right, same = walked.row("correct", empty), walked.row("consistent", empty)
     inside = grid.abs()[None, :] <= range_values[:, None] + 1e-6  # (R, K)
 
     def fraction_all(flags: Tensor) -> Tensor:
@@ -133,6 +134,6 @@ def rotation_profile(
         accuracy_at_angle=right.float().mean(dim=0) if right.shape[0] else torch.full((count,), float("nan")),
         worst_case_accuracy=fraction_all(right),
         invariance=fraction_all(same),
-        evaluations=evaluations,
-        seconds=time.perf_counter() - start,
+        evaluations=walked.counts.get("evaluations", 0),
+        seconds=walked.seconds,
     )

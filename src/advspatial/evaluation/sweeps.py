@@ -1,26 +1,26 @@
-"""Accuracy of a model over a DataLoader: natural, random, worst-of-k, grid and first-order (layer 7).
+"""Accuracy of a model over a dataset: natural, random, worst-of-k, grid and first-order (layer 7).
 
-Every function walks the loader once, runs the search batch by batch on the model's device (the
-model is left exactly as it was) and returns a :class:`SweepResult`: the accuracy plus per-sample
-details in loader order (correctness, the transform chosen, its loss), ready for JSON or a plot.
+Every function walks the data once with :func:`advspatial.evaluation.walk.walk` (sharded by itself
+under ``torchrun``), runs the search batch by batch on the model's device (the model is left
+exactly as it was) and returns a :class:`SweepResult`: the accuracy plus per-sample details in
+dataset order (correctness, the transform chosen, its loss), ready for JSON or a plot.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advspatial.engine.model_state import check_model, model_device
-from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
-from advspatial.evaluation.outcomes import Outcome, OutcomeRows, natural_outcome, search_outcome
+from advspatial.errors import AdvSpatialError, positive_int
+from advspatial.evaluation.plots import plot_chosen_transforms
+from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, model_logits, walk
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
 from advspatial.strategies.grid import GridSearchRotoTranslation
@@ -37,22 +37,21 @@ __all__ = [
     "worst_of_k_accuracy",
 ]
 
-Batches = Iterable[Any]
-
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Accuracy of a model under one attack over a whole loader, with per-sample details.
+    """Accuracy of a model under one attack over a whole dataset, with per-sample details.
 
     Attributes:
         name: the attack, e.g. ``"grid"``.
-        accuracy: fraction of samples that withstood the attack (``nan`` for an empty loader).
-        correct: ``(N,)`` bool per sample, in loader order.
+        accuracy: fraction of samples that withstood the attack (``nan`` for empty data).
+        correct: ``(N,)`` bool per sample, in dataset order.
         labels: ``(N,)`` long labels.
         params: ``(N, 3)`` transform chosen per sample, rows ``(angle_degrees, tx_px, ty_px)``
             (zeros for the natural accuracy).
         loss: ``(N,)`` cross-entropy of the chosen transform.
-        evaluations: forward evaluations spent.
+        evaluations: forward evaluations spent (under ``torchrun``: by all ranks, the sampler's
+            padding included).
         exhaustive_evaluations: what the attack would spend without early exit.
         seconds: wall time of the sweep.
     """
@@ -66,6 +65,11 @@ class SweepResult:
     evaluations: int
     exhaustive_evaluations: int
     seconds: float
+
+    @property
+    def saved_evaluations(self) -> int:
+        """Forward evaluations that early exit did not need."""
+        return self.exhaustive_evaluations - self.evaluations
 
     def to_dict(self, *, per_sample: bool = True) -> dict[str, Any]:
         """Plain JSON-ready numbers (non-finite losses become ``None``)."""
@@ -83,59 +87,78 @@ class SweepResult:
             summary["loss"] = [float(v) if math.isfinite(v) else None for v in self.loss.tolist()]
         return summary
 
-    def save_plot(self, path: str | Path) -> Path:
-        """Scatter of the chosen (angle, tx) per sample, fooled ones in red; a 640 x 480 PNG."""
-        from advspatial.evaluation.plots import plot_chosen_transforms
+    def save_plot(self, path: str | Path, *, model: str | None = None) -> Path:
+        """The chosen (angle, tx) and (angle, ty) per sample, fooled in red, sized by count; 640 x 480 PNG.
 
-        return plot_chosen_transforms(self, path)
-
-
-def _batch_pair(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    if not (isinstance(batch, Sequence) and len(batch) == 2):
-        raise AdvSpatialError(
-            f"loader must yield (images, labels) pairs, got {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, Sequence) else "")
-        )
-    images = check_images(batch[0])
-    labels = check_labels(batch[1], images.shape[0], device)
-    return images.to(device), labels
+        Args:
+            path: where the PNG goes (folders are created).
+            model: the model's (or recipe's) name for the title.
+        """
+        prefix = "" if model is None else f"{model}, "
+        title = f"{prefix}{self.name}: accuracy {100 * self.accuracy:.1f}% of {self.correct.numel()} images"
+        return plot_chosen_transforms(self.params, self.correct, path, title=title)
 
 
-def _iterate(loader: Batches, progress: bool, desc: str) -> Iterable[Any]:
-    if not progress:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=desc, unit="batch", leave=False)
-
-
-def _collect(
-    name: str, model: nn.Module, loader: Batches, step: Callable[[Tensor, Tensor], Outcome], progress: bool
-) -> SweepResult:
-    check_model(model)
-    device = model_device(model) or torch.device("cpu")
-    start = time.perf_counter()
-    rows = OutcomeRows()
-    for batch in _iterate(loader, progress, name):
-        images, targets = _batch_pair(batch, device)
-        rows.add(step(images, targets), targets)
-    found = rows.tensors()
+def _sweep_result(name: str, walked: Walk) -> SweepResult:
+    correct = walked.row("correct", torch.zeros(0, dtype=torch.bool))
     return SweepResult(
         name=name,
-        accuracy=float(found["correct"].float().mean()) if found["correct"].numel() else float("nan"),
-        **found,
-        evaluations=rows.evaluations,
-        exhaustive_evaluations=rows.exhaustive_evaluations,
-        seconds=time.perf_counter() - start,
+        accuracy=float(correct.float().mean()) if correct.numel() else float("nan"),
+        correct=correct,
+        labels=walked.rows["targets"],
+        params=walked.row("params", torch.zeros(0, 3)),
+        loss=walked.row("loss", torch.zeros(0)),
+        evaluations=walked.counts.get("evaluations", 0),
+        exhaustive_evaluations=walked.counts.get("exhaustive_evaluations", 0),
+        seconds=walked.seconds,
     )
 
 
-def natural_accuracy(model: nn.Module, loader: Batches, *, progress: bool = False) -> SweepResult:
+def _natural_step(model: nn.Module) -> Step:
+    def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
+        logits = model_logits(model, images, labels)
+        count = int(labels.shape[0])
+        rows = {
+            "correct": logits.argmax(dim=1) == labels,
+            "params": torch.zeros(count, 3),
+            "loss": F.cross_entropy(logits, labels, reduction="none"),
+        }
+        return BatchRows(rows, {"evaluations": count, "exhaustive_evaluations": count})
+
+    return step
+
+
+def _search_step(search: SpatialSearch, draws: KeyedDraws | None) -> Step:
+    def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
+        if draws is None:
+            result = search.search(images, labels)
+        else:  # each sample meets the candidates of its dataset index, whatever its batch or rank
+            assert isinstance(search, WorstOfK)
+            result = search.search(images, labels, candidates=draws(index, images.device))
+        rows = {"correct": result.correct, "params": result.params.float(), "loss": result.loss.float()}
+        counts = {"evaluations": result.evaluations, "exhaustive_evaluations": result.exhaustive_evaluations}
+        return BatchRows(rows, counts)
+
+    return step
+
+
+def _keyed_candidates(search: SpatialSearch) -> KeyedDraws | None:
+    """A worst-of-k's candidates keyed by dataset index (row ``i``: the ``i``-th draw of its generator)."""
+    if not isinstance(search, WorstOfK):
+        return None
+    return KeyedDraws(lambda count, device: search.sample(count, device), search.generator)
+
+
+def natural_accuracy(
+    model: nn.Module, data: Data, *, batch_size: int | None = None, progress: bool = False
+) -> SweepResult:
     """Accuracy on the untransformed images.
 
     Args:
         model: classifier returning ``(N, num_classes)`` logits.
-        loader: a ``DataLoader`` (or any iterable) of ``(images (B, C, H, W) float, labels (B,))``.
+        data: a map-style ``Dataset`` of ``(image, label)`` pairs, a ``DataLoader``, or any
+            iterable of ``(images (B, C, H, W) float, labels (B,))`` batches.
+        batch_size: images per batch for a ``Dataset`` (default 256).
         progress: show a progress bar.
 
     Example:
@@ -145,14 +168,24 @@ def natural_accuracy(model: nn.Module, loader: Batches, *, progress: bool = Fals
         >>> result.correct.shape, result.evaluations
         (torch.Size([4]), 4)
     """
-
-    return _collect("natural", model, loader, partial(natural_outcome, model), progress)
+    walked = walk(model, data, _natural_step(model), name="natural", batch_size=batch_size, progress=progress)
+    return _sweep_result("natural", walked)
 
 
 def search_accuracy(
-    model: nn.Module, loader: Batches, search: SpatialSearch, *, name: str = "search", progress: bool = False
+    model: nn.Module,
+    data: Data,
+    search: SpatialSearch,
+    *,
+    name: str = "search",
+    batch_size: int | None = None,
+    progress: bool = False,
 ) -> SweepResult:
     """Accuracy under any :class:`advspatial.SpatialSearch` (the search holds ``model``).
+
+    A :class:`advspatial.WorstOfK` scores, for sample ``i``, row ``i`` of its generator's
+    sequential draws (through ``search(..., candidates=...)``): the numbers do not depend on the
+    batch size, nor on the number of ``torchrun`` processes.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -166,58 +199,73 @@ def search_accuracy(
         raise AdvSpatialError(f"search must be an advspatial.SpatialSearch, got {type(search).__name__}")
     if search.model is not model:
         raise AdvSpatialError("search must hold the same model object that is evaluated")
-
-    return _collect(name, model, loader, partial(search_outcome, search), progress)
+    draws = _keyed_candidates(search)
+    walked = walk(
+        model,
+        data,
+        _search_step(search, draws),
+        name=name,
+        batch_size=batch_size,
+        progress=progress,
+        draws=() if draws is None else (draws,),
+    )
+    return _sweep_result(name, walked)
 
 
 def random_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> SweepResult:
     """Accuracy under one uniformly random roto-translation per image (worst-of-1)."""
     search = WorstOfK(
         model, k=1, max_rotation=max_rotation, max_translation=max_translation, generator=generator
     )
-    return search_accuracy(model, loader, search, name="random", progress=progress)
+    return search_accuracy(model, data, search, name="random", batch_size=batch_size, progress=progress)
 
 
 def worst_of_k_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     k: int = 10,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> SweepResult:
     """Accuracy under the worst of ``k`` random roto-translations per image (Engstrom et al. 2019)."""
     search = WorstOfK(
         model, k=k, max_rotation=max_rotation, max_translation=max_translation, generator=generator
     )
-    return search_accuracy(model, loader, search, name=f"worst_of_{k}", progress=progress)
+    return search_accuracy(
+        model, data, search, name=f"worst_of_{k}", batch_size=batch_size, progress=progress
+    )
 
 
 def grid_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     rotations: int = 31,
     translations: int | Sequence[int] = 5,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     early_exit: bool = True,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> SweepResult:
     """Grid accuracy: right on every point of the rotation x translation grid (31 x 5 x 5 by default).
 
     With ``early_exit`` (default) an image stops being scored once fooled: the accuracy is exact and
-    ``evaluations`` tells the work spent; the chosen params of a fooled image are *a* fooling one.
+    ``evaluations`` tells the work spent; the chosen params of a fooled image are *a* fooling one
+    (and may depend on which images share its batch).
     """
     search = GridSearchRotoTranslation(
         model,
@@ -227,21 +275,26 @@ def grid_accuracy(
         max_translation=max_translation,
         early_exit=early_exit,
     )
-    return search_accuracy(model, loader, search, name="grid", progress=progress)
+    return search_accuracy(model, data, search, name="grid", batch_size=batch_size, progress=progress)
 
 
 def first_order_accuracy(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     steps: int = 5,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
     random_start: bool = False,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> SweepResult:
-    """Accuracy under the first-order attack :class:`advspatial.SpatialPGD` (every iterate scored)."""
+    """Accuracy under the first-order attack :class:`advspatial.SpatialPGD` (every iterate scored).
+
+    With ``random_start`` the starts are drawn batch by batch: under ``torchrun`` the numbers are
+    then those of another draw than one process's.
+    """
     search = SpatialPGD(
         model,
         steps=steps,
@@ -250,12 +303,12 @@ def first_order_accuracy(
         random_start=random_start,
         generator=generator,
     )
-    return search_accuracy(model, loader, search, name="first_order", progress=progress)
+    return search_accuracy(model, data, search, name="first_order", batch_size=batch_size, progress=progress)
 
 
 def robustness_sweep(
     model: nn.Module,
-    loader: Batches,
+    data: Data,
     *,
     max_rotation: float = 30.0,
     max_translation: float | Sequence[float] = 3.0,
@@ -264,9 +317,13 @@ def robustness_sweep(
     translations: int | Sequence[int] = 5,
     pgd_steps: int = 5,
     seed: int = 0,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> dict[str, SweepResult]:
     """Natural, random, worst-of-k, grid (early exit) and first-order accuracy in one call.
+
+    Random (worst-of-1) draws from ``torch.Generator().manual_seed(seed)``, worst-of-k from
+    ``seed + 1``.
 
     Returns:
         ``{"natural", "random", "worst_of_<k>", "grid", "first_order"}`` -> :class:`SweepResult`.
@@ -278,37 +335,15 @@ def robustness_sweep(
         ['first_order', 'grid', 'natural', 'random', 'worst_of_10']
     """
     positive_int(seed, "seed", minimum=0)
-    rot, shift = max_rotation, max_translation
+    space: dict[str, Any] = {"max_rotation": max_rotation, "max_translation": max_translation}
+    common: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
     results = [
-        natural_accuracy(model, loader, progress=progress),
-        random_accuracy(
-            model,
-            loader,
-            max_rotation=rot,
-            max_translation=shift,
-            generator=torch.Generator().manual_seed(seed),
-            progress=progress,
-        ),
+        natural_accuracy(model, data, **common),
+        random_accuracy(model, data, generator=torch.Generator().manual_seed(seed), **space, **common),
         worst_of_k_accuracy(
-            model,
-            loader,
-            k=k,
-            max_rotation=rot,
-            max_translation=shift,
-            generator=torch.Generator().manual_seed(seed + 1),
-            progress=progress,
+            model, data, k=k, generator=torch.Generator().manual_seed(seed + 1), **space, **common
         ),
-        grid_accuracy(
-            model,
-            loader,
-            rotations=rotations,
-            translations=translations,
-            max_rotation=rot,
-            max_translation=shift,
-            progress=progress,
-        ),
-        first_order_accuracy(
-            model, loader, steps=pgd_steps, max_rotation=rot, max_translation=shift, progress=progress
-        ),
+        grid_accuracy(model, data, rotations=rotations, translations=translations, **space, **common),
+        first_order_accuracy(model, data, steps=pgd_steps, **space, **common),
     ]
     return {result.name: result for result in results}

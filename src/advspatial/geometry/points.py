@@ -21,7 +21,7 @@ def roto_translate_points(points: Tensor, params: Tensor, canvas_size: tuple[int
 
     Args:
         points: ``(B, N, 2)`` float tensor of ``(x, y)``; row ``b`` moves with ``params[b]``.
-        params: ``(B, 3)`` rows ``(angle_degrees, tx_pixels, ty_pixels)``.
+        params: ``(B, 3)`` or ``(B, 6)`` rows, as for :func:`roto_translate`.
         canvas_size: ``(H, W)`` of the images.
 
     Returns:
@@ -54,7 +54,7 @@ def roto_translate_boxes(
 
     Args:
         boxes: ``(B, N, 4)`` tensor of ``(x1, y1, x2, y2)`` in pixel coordinates.
-        params: ``(B, 3)`` rows ``(angle_degrees, tx_pixels, ty_pixels)``.
+        params: ``(B, 3)`` or ``(B, 6)`` rows, as for :func:`roto_translate`.
         canvas_size: ``(H, W)`` of the images.
         clamp: clamp the result to the canvas.
 

@@ -1,7 +1,7 @@
 """Layer 5: losses built on the searches (the invariance regularizer of Yang et al. 2019)."""
 
 from advspatial.losses.invariance import InvarianceLossComponents, InvarianceRegularizedLoss
-from advspatial.losses.regularizers import (
+from advspatial.tasks.penalties import (
     PAPER_WEIGHTS,
     REGULARIZERS,
     logit_kl_divergence,

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advspatial.engine.model_state import check_model, check_same_device, scoring_mode, unwrap_model
@@ -17,18 +16,17 @@ from advspatial.engine.search import score_candidates
 from advspatial.errors import (
     AdvSpatialError,
     check_images,
-    check_label_range,
-    check_labels,
     check_logits,
     check_params,
     choice,
     images_in_model_dtype,
 )
 from advspatial.geometry.warp import roto_translate
-from advspatial.losses.regularizers import PAPER_WEIGHTS, REGULARIZERS, _wide
 from advspatial.strategies.grid import GridSearchRotoTranslation
 from advspatial.strategies.result import SearchResult
 from advspatial.strategies.worst_of_k import WorstOfK
+from advspatial.tasks import Classification, Task, check_task
+from advspatial.tasks.penalties import PAPER_WEIGHTS, REGULARIZERS, _wide
 
 __all__ = ["InvarianceLossComponents", "InvarianceRegularizedLoss"]
 
@@ -109,10 +107,20 @@ class InvarianceRegularizedLoss(nn.Module):
         attack_objective: ``"task"`` or ``"regularizer"``. Ranking by the regularizer needs a
             candidate set (WorstOfK, grid) for ``"l2"``; for ``"kl"`` any attack works (it is then
             searched without labels, i.e. against ``KL(p_clean || p')``, which is the regularizer).
-        task_loss: ``task_loss(logits, labels) -> scalar``, default :func:`torch.nn.functional.cross_entropy`.
+        task_loss: ``task_loss(outputs, targets) -> scalar``, default ``task.loss`` (cross-entropy for
+            classification, cross-entropy over valid pixels for segmentation).
+        task: what the model predicts (:mod:`advspatial.tasks`); default the attack's task, else
+            :class:`~advspatial.tasks.Classification`. With a dense task the regularizer compares
+            ``f(T x)`` with ``T`` applied to ``f(x)`` (equivariance): for segmentation the clean
+            logits warped by the same rows (bilinear), pixels outside the frame excluded, then
+            ``"kl"`` or ``"l2"`` per pixel, averaged; for boxes and points (``"l2"`` only) the clean
+            prediction moved with the same matrices. The adversarial task term uses the moved
+            targets. ``attack_objective="regularizer"`` with a dense task ranks candidates by the
+            task's label-free objective (the ``"kl"`` equivariance for segmentation).
 
     Shape:
-        images ``(B, C, H, W)`` float on the model's device, labels ``(B,)`` integer; returns a scalar.
+        images ``(B, C, H, W)`` float on the model's device, targets as the task expects (labels
+        ``(B,)`` integer for classification); returns a scalar.
         After each call, :attr:`last` holds the :class:`InvarianceLossComponents`.
 
     Example:
@@ -136,6 +144,7 @@ class InvarianceRegularizedLoss(nn.Module):
         task_on: str = "nat",
         attack_objective: str = "task",
         task_loss: TaskLoss | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__()
         self._held = (check_model(model),)
@@ -151,6 +160,7 @@ class InvarianceRegularizedLoss(nn.Module):
                 f"got a different {type(attack_model).__name__}; build the attack with the same model"
             )
         self.attack = attack
+        self.task = _task_of(attack, task)
         self.regularizer = choice(regularizer, "regularizer", tuple(REGULARIZERS))
         if weight is None:
             weight = PAPER_WEIGHTS[self.regularizer]
@@ -164,16 +174,16 @@ class InvarianceRegularizedLoss(nn.Module):
         if (
             self.attack_objective == "regularizer"
             and self.regularizer == "l2"
-            and not _has_candidates(attack)
+            and not (_has_candidates(attack) and isinstance(self.task, Classification))
         ):
             raise AdvSpatialError(
-                "attack_objective='regularizer' with regularizer='l2' needs an attack with a candidate set "
-                f"(WorstOfK or GridSearchRotoTranslation), got {type(attack).__name__}; use "
-                "attack_objective='task' or regularizer='kl'"
+                "attack_objective='regularizer' with regularizer='l2' needs a classification attack with a "
+                f"candidate set (WorstOfK or GridSearchRotoTranslation), got {type(attack).__name__} with "
+                f"{self.task!r}; use attack_objective='task' or regularizer='kl'"
             )
         if task_loss is not None and not callable(task_loss):
             raise AdvSpatialError(f"task_loss must be callable or None, got {type(task_loss).__name__}")
-        self.task_loss: TaskLoss = task_loss if task_loss is not None else F.cross_entropy
+        self.task_loss: TaskLoss = task_loss if task_loss is not None else self.task.loss
         self.last: InvarianceLossComponents | None = None
 
     @property
@@ -181,12 +191,13 @@ class InvarianceRegularizedLoss(nn.Module):
         """The model being trained."""
         return self._held[0]
 
-    def forward(self, images: Tensor, labels: Tensor, *, params: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, targets: Tensor, *, params: Tensor | None = None) -> Tensor:
         """The regularized loss of a batch.
 
         Args:
             images: ``(B, C, H, W)`` float, ``B >= 1``, on the model's device.
-            labels: ``(B,)`` class indices.
+            targets: the task's targets: ``(B,)`` class indices for classification, ``(B, H, W)``
+                masks for segmentation, ``(B, 4)`` boxes, ``(B, P, 2)`` points.
             params: optional ``(B, 3)`` transforms to use instead of searching (replay).
 
         Returns:
@@ -196,41 +207,42 @@ class InvarianceRegularizedLoss(nn.Module):
         check_same_device(self.model, images)
         if images.shape[0] == 0:
             raise AdvSpatialError("images must hold at least one image to compute a mean loss, got 0")
-        batch = images.shape[0]
-        labels = check_labels(labels, batch, images.device)
+        batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
+        targets = self.task.check_targets(targets, images)
         search: Any = None
         if params is None:
-            search = self._search(images.detach(), labels)
+            search = self._search(images.detach(), targets)
             params = check_params(search.params, batch, name="attack's chosen params")
         else:
             params = check_params(params, batch)
         params = params.detach().to(images.device)
         transformed = self._transform(images, params)
-        logits = check_logits(self.model(torch.cat([images, transformed])), 2 * batch)
-        check_label_range(labels, logits.shape[1])
+        outputs = self.task.check_outputs(self.model(torch.cat([images, transformed])), 2 * batch, size)
+        moved = self.task.move_targets(targets, params, size)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            wide = _wide(logits)
+            wide = _wide(outputs)
             clean, adversarial = wide[:batch], wide[batch:]
-            task = self._task(clean, adversarial, labels)
-            penalty = REGULARIZERS[self.regularizer](clean, adversarial).mean()
+            fooled = ~self.task.objective(adversarial.detach(), moved)[1]
+            task = self._task_term(clean, adversarial, targets, moved)
+            penalty = self.task.penalty(clean, adversarial, params, size, self.regularizer).mean()
             loss = task + self.weight * penalty
         self.last = InvarianceLossComponents(
             loss=loss.detach(),
             task=task.detach(),
             regularizer=penalty.detach(),
             weight=self.weight,
-            attack_success_rate=(adversarial.detach().argmax(dim=1) != labels).float().mean(),
+            attack_success_rate=fooled.float().mean(),
             params=params,
             search=search,
         )
         return loss
 
-    def _task(self, clean: Tensor, adversarial: Tensor, labels: Tensor) -> Tensor:
+    def _task_term(self, clean: Tensor, adversarial: Tensor, targets: Tensor, moved: Tensor) -> Tensor:
         if self.task_on == "nat":
-            return self.task_loss(clean, labels)
+            return self.task_loss(clean, targets)
         if self.task_on == "adv":
-            return self.task_loss(adversarial, labels)
-        return 0.5 * (self.task_loss(clean, labels) + self.task_loss(adversarial, labels))
+            return self.task_loss(adversarial, moved)
+        return 0.5 * (self.task_loss(clean, targets) + self.task_loss(adversarial, moved))
 
     def _transform(self, images: Tensor, params: Tensor) -> Tensor:
         apply = getattr(self.attack, "apply", None)
@@ -238,13 +250,14 @@ class InvarianceRegularizedLoss(nn.Module):
             return apply(images, params)
         return roto_translate(images, params)
 
-    def _search(self, images: Tensor, labels: Tensor) -> Any:
+    def _search(self, images: Tensor, targets: Tensor) -> Any:
         if self.attack_objective == "task":
-            return self.attack.search(images, labels)
-        if not _has_candidates(self.attack):
-            # KL from the clean prediction is the engine's label-free objective: the regularizer itself.
+            return self.attack.search(images, targets)
+        if not (_has_candidates(self.attack) and isinstance(self.task, Classification)):
+            # The label-free objective (KL from the clean prediction, moved with each candidate for
+            # dense outputs) is the engine's: for "kl" it is the regularizer itself.
             return self.attack.search(images, None)
-        return self._search_regularizer(images, labels)
+        return self._search_regularizer(images, targets)
 
     def _search_regularizer(self, images: Tensor, labels: Tensor) -> SearchResult:
         """Rank the attack's candidates by the regularizer against the eval-mode clean logits."""
@@ -263,7 +276,7 @@ class InvarianceRegularizedLoss(nn.Module):
             return penalty(clean[rows], logits)
 
         scores = score_candidates(self.model, images, labels, candidates, attack.config, objective=objective)
-        result = attack._result(scores, candidates)
+        result = attack._result(scores, candidates, images, labels)
         return dataclasses.replace(
             result,
             evaluations=result.evaluations + images.shape[0],
@@ -276,6 +289,20 @@ class InvarianceRegularizedLoss(nn.Module):
             f"regularizer={self.regularizer!r}, weight={self.weight}, task_on={self.task_on!r}, "
             f"attack_objective={self.attack_objective!r}"
         )
+
+
+def _task_of(attack: object, task: object) -> Task:
+    """The loss's task: ``task`` if given (it must match the attack's), else the attack's own."""
+    attack_task = getattr(attack, "task", None)
+    if task is None:
+        return attack_task if isinstance(attack_task, Task) else Classification()
+    task = check_task(task)
+    if isinstance(attack_task, Task) and type(attack_task) is not type(task):
+        raise AdvSpatialError(
+            f"task must be the attack's task, got {task!r} for an attack built with {attack_task!r}; "
+            "pass the same task to both"
+        )
+    return task
 
 
 def _has_candidates(attack: object) -> bool:

@@ -2,29 +2,67 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from advspatial.errors import AdvSpatialError, optional_generator, positive_int, symmetric_range
 
-__all__ = ["RotoTranslationBox"]
+__all__ = ["RotoTranslationBox", "check_rows", "grid_axis"]
 
 
-@dataclass(frozen=True)
+def check_rows(params: object, columns: int, space: str, name: str = "params") -> Tensor:
+    """Check that ``params`` is a float tensor ``(..., columns)``: the rows of ``space``."""
+    if not isinstance(params, Tensor) or params.ndim < 1 or params.shape[-1] != columns:
+        shape = tuple(params.shape) if isinstance(params, Tensor) else type(params).__name__
+        raise AdvSpatialError(
+            f"{name} must be a tensor of shape (..., {columns}) (rows of {space}), got {shape}"
+        )
+    if not params.is_floating_point():
+        raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {params.dtype}")
+    return params
+
+
+def grid_axis(low: float, high: float, count: int, *, geometric: bool = False) -> Tensor:
+    """``count`` float64 points from ``low`` to ``high`` (the midpoint of the range when ``count == 1``).
+
+    With ``geometric=True`` (scale axes, ``low <= 1 <= high``) the points are evenly spaced in
+    ``log``; an odd count puts one on ``1`` (half of the others on each side, evenly spaced in
+    ``log`` on each side), so the identity is on the grid as it is for the symmetric axes.
+    """
+    if not geometric:
+        if count == 1:
+            return torch.tensor([(low + high) / 2.0], dtype=torch.float64)
+        return torch.linspace(low, high, count, dtype=torch.float64)
+    if count == 1:
+        return torch.ones(1, dtype=torch.float64)
+    log_low, log_high = math.log(low), math.log(high)
+    if count % 2 == 0:
+        return torch.linspace(log_low, log_high, count, dtype=torch.float64).exp()
+    half = count // 2 + 1
+    below = torch.linspace(log_low, 0.0, half, dtype=torch.float64)
+    above = torch.linspace(0.0, log_high, half, dtype=torch.float64)
+    return torch.cat([below, above[1:]]).exp()
+
+
+@dataclass(frozen=True, init=False)
 class RotoTranslationBox:
     """The box ``[-r, r] x [-tx, tx] x [-ty, ty]`` of ``(angle, tx, ty)`` parameters.
 
     Convention: ``angle`` in degrees (counter-clockwise positive), translations in pixels; see
-    :func:`advspatial.roto_translate`.
+    :func:`advspatial.roto_translate`. The 3-axis case of :class:`advspatial.AffineBox`.
 
     Args:
         max_rotation: half-width ``r`` of the rotation range in degrees.
         max_translation: half-width in pixels, a scalar for both axes or an ``(x, y)`` pair.
 
     Example:
+        >>> RotoTranslationBox(30, 3)
+        RotoTranslationBox(max_rotation=30.0, max_translation=(3.0, 3.0))
         >>> box = RotoTranslationBox.of(30, (3, 2))
         >>> box.grid(3, 3).shape
         torch.Size([27, 3])
@@ -35,17 +73,39 @@ class RotoTranslationBox:
     max_rotation: float
     max_translation: tuple[float, float]
 
-    @classmethod
-    def of(cls, max_rotation: float, max_translation: float | Sequence[float]) -> RotoTranslationBox:
-        """Validate and normalise ``30`` / ``(3, 2)`` style arguments into a box."""
+    columns: ClassVar[int] = 3
+    """Width of the parameter rows: ``(angle, tx, ty)``."""
+
+    def __init__(self, max_rotation: float = 30.0, max_translation: float | Sequence[float] = 3.0) -> None:
         (rotation,) = symmetric_range(max_rotation, "max_rotation", 1)
         tx, ty = symmetric_range(max_translation, "max_translation", 2)
-        return cls(rotation, (tx, ty))
+        object.__setattr__(self, "max_rotation", rotation)
+        object.__setattr__(self, "max_translation", (tx, ty))
+
+    @classmethod
+    def of(cls, max_rotation: float, max_translation: float | Sequence[float]) -> RotoTranslationBox:
+        """Validate and normalise ``30`` / ``(3, 2)`` style arguments into a box (same as the constructor)."""
+        return cls(max_rotation, max_translation)
 
     @property
     def half_widths(self) -> tuple[float, float, float]:
         """``(r, tx, ty)``."""
         return (self.max_rotation, *self.max_translation)
+
+    @property
+    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(lows, highs)`` per axis."""
+        return tuple(-h for h in self.half_widths), self.half_widths
+
+    def identity(
+        self,
+        shape: Sequence[int],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``(*shape, 3)`` identity rows (zeros)."""
+        return torch.zeros((*shape, 3), device=device, dtype=dtype)
 
     def _limits(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return torch.tensor(self.half_widths, device=device, dtype=dtype)
@@ -103,19 +163,18 @@ class RotoTranslationBox:
             raise AdvSpatialError(
                 f"translations must be an int or an (x, y) pair of ints, got {translations!r}"
             )
-        axes = [
-            torch.linspace(-h, h, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-            for h, n in zip(self.half_widths, (n_rot, n_x, n_y), strict=True)
-        ]
+        axes = [grid_axis(-h, h, n) for h, n in zip(self.half_widths, (n_rot, n_x, n_y), strict=True)]
         mesh = torch.meshgrid(*axes, indexing="ij")
         return torch.stack([m.reshape(-1) for m in mesh], dim=-1).to(device=device, dtype=dtype)
 
     def project(self, params: Tensor) -> Tensor:
         """Clip ``(..., 3)`` parameters into the box."""
+        check_rows(params, 3, "a RotoTranslationBox")
         limits = self._limits(params.device, params.dtype)
         return torch.maximum(torch.minimum(params, limits), -limits)
 
     def contains(self, params: Tensor, atol: float = 1e-6) -> Tensor:
         """Whether each ``(..., 3)`` row lies in the box (with tolerance ``atol``)."""
+        check_rows(params, 3, "a RotoTranslationBox")
         limits = self._limits(params.device, params.dtype)
         return (params.abs() <= limits + atol).all(dim=-1)

@@ -12,17 +12,11 @@ from torch import Tensor, nn
 from advspatial.engine.model_state import check_model, check_same_device
 from advspatial.engine.objectives import select_worst
 from advspatial.engine.search import Scores, ScoringConfig
-from advspatial.errors import (
-    AdvSpatialError,
-    check_images,
-    check_labels,
-    choice,
-    images_in_model_dtype,
-    positive_int,
-)
+from advspatial.errors import AdvSpatialError, check_images, choice, images_in_model_dtype, positive_int
 from advspatial.geometry.warp import INTERPOLATIONS, PADDINGS, _warp
 from advspatial.space.box import RotoTranslationBox
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Classification, Task, check_task
 
 __all__ = ["SELECTIONS", "SpatialSearch"]
 
@@ -33,7 +27,8 @@ class SpatialSearch(ABC):
     """Base class: holds a model reference (never as a submodule) and a parameter box.
 
     Subclasses implement :meth:`search`; calling the transform searches, then warps the images with
-    the chosen parameters (differentiably with respect to the images).
+    the chosen parameters (differentiably with respect to the images). ``task`` (default
+    :class:`advspatial.tasks.Classification`) says what the candidates are scored against.
     """
 
     def __init__(
@@ -47,8 +42,10 @@ class SpatialSearch(ABC):
         padding: str = "zeros",
         chunk_size: int | None = None,
         autocast: torch.dtype | None = None,
+        task: Task | None = None,
     ) -> None:
         self.model = check_model(model)
+        self.task = Classification() if task is None else check_task(task)
         self.box = RotoTranslationBox.of(max_rotation, max_translation)
         self.selection = choice(selection, "selection", SELECTIONS)
         if chunk_size is not None:
@@ -72,16 +69,20 @@ class SpatialSearch(ABC):
         """Half-widths of the translation range in pixels, ``(x, y)``."""
         return self.box.max_translation
 
-    def _check_inputs(self, images: object, labels: object) -> tuple[Tensor, Tensor | None]:
+    def _check_inputs(self, images: object, targets: object) -> tuple[Tensor, Tensor | None]:
         images = images_in_model_dtype(check_images(images), self.model)
         check_same_device(self.model, images)
-        if labels is None:
+        if targets is None:
             return images, None
-        return images, check_labels(labels, images.shape[0], images.device)
+        return images, self.task.check_targets(targets, images)
 
     @abstractmethod
-    def search(self, images: Tensor, labels: Tensor | None = None) -> SearchResult:
-        """Choose a transform per image; the model is left exactly as it was."""
+    def search(self, images: Tensor, targets: Tensor | None = None) -> SearchResult:
+        """Choose a transform per image; the model is left exactly as it was.
+
+        ``targets`` are what the task scores against (labels, masks, boxes or points), or ``None``
+        to score the divergence from the model's own clean prediction.
+        """
 
     def apply(self, images: Tensor, params: Tensor) -> Tensor:
         """Warp ``images`` with chosen ``params`` using this transform's interpolation and padding."""
@@ -89,12 +90,22 @@ class SpatialSearch(ABC):
             return images.clone()
         return _warp(images, params, self.config.interpolation, self.config.padding)
 
-    def __call__(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Return each image under its worst transform: same shape, dtype and device."""
-        result = self.search(images, labels)
-        return self.apply(images, result.params)
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Return each image under its worst transform: same shape, dtype and device.
 
-    def _result(self, scores: Scores, candidates: Tensor) -> SearchResult:
+        For the moved targets too, call :meth:`search` and :meth:`apply`: ``result.targets``.
+        """
+        return self.apply(images, self.search(images, targets).params)
+
+    def _moved_targets(self, targets: Tensor | None, params: Tensor, images: Tensor) -> Tensor | None:
+        """``targets`` moved by the chosen ``params`` as the task moves them (``None`` stays ``None``)."""
+        if targets is None:
+            return None
+        return self.task.move_targets(targets, params.to(images.device), (images.shape[-2], images.shape[-1]))
+
+    def _result(
+        self, scores: Scores, candidates: Tensor, images: Tensor, targets: Tensor | None
+    ) -> SearchResult:
         """Select the worst candidate per image from the engine's scores."""
         batch = scores.losses.shape[0]
         index = select_worst(scores.losses, scores.correct, self.selection)
@@ -109,6 +120,7 @@ class SpatialSearch(ABC):
             candidate_correct=scores.correct,
             evaluations=scores.evaluations,
             exhaustive_evaluations=scores.exhaustive_evaluations,
+            targets=self._moved_targets(targets, chosen, images),
         )
 
     def _extra_repr(self) -> dict[str, Any]:
@@ -122,6 +134,7 @@ class SpatialSearch(ABC):
             "selection": self.selection,
             "interpolation": self.config.interpolation,
             "padding": self.config.padding,
+            **({} if isinstance(self.task, Classification) else {"task": self.task}),
         }
         inner = ", ".join(f"{key}={value!r}" for key, value in fields.items())
         return f"{type(self).__name__}(model={type(self.model).__name__}, {inner})"

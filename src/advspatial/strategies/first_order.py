@@ -9,20 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.model_state import scoring_mode
-from advspatial.engine.objectives import per_sample_objective
-from advspatial.engine.search import _targets
-from advspatial.errors import (
-    check_label_range,
-    check_logits,
-    flag,
-    images_fit_model,
-    optional_generator,
-    positive_int,
-    symmetric_range,
-)
+from advspatial.engine.search import prepare_targets
+from advspatial.errors import flag, images_fit_model, optional_generator, positive_int, symmetric_range
 from advspatial.geometry.warp import _warp
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Task
 
 __all__ = ["SpatialPGD"]
 
@@ -53,6 +45,8 @@ class SpatialPGD(SpatialSearch):
         padding: as for :class:`WorstOfK` (interpolation is bilinear: nearest has no gradient with
             respect to the parameters).
         autocast: as for :class:`WorstOfK`.
+        task: as for :class:`WorstOfK`; the targets move with every iterate (the gradient flows
+            through the model's output only).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -75,6 +69,7 @@ class SpatialPGD(SpatialSearch):
         selection: str = "engstrom",
         padding: str = "zeros",
         autocast: torch.dtype | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -84,6 +79,7 @@ class SpatialPGD(SpatialSearch):
             interpolation="bilinear",
             padding=padding,
             autocast=autocast,
+            task=task,
         )
         self.steps = positive_int(steps, "steps", minimum=0)
         if step_size is None:
@@ -96,20 +92,24 @@ class SpatialPGD(SpatialSearch):
         self.generator = generator
 
     def search(
-        self, images: Tensor, labels: Tensor | None = None, *, generator: torch.Generator | None = None
+        self, images: Tensor, targets: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> SearchResult:
-        """Run the attack; returns the worst iterate per image (also under ``torch.inference_mode``)."""
+        """Run the attack; returns the worst iterate per image (``targets`` as for :class:`WorstOfK`).
+
+        Works also under ``torch.inference_mode``.
+        """
         with torch.inference_mode(False):
-            return self._search(images, labels, optional_generator(generator))
+            return self._search(images, targets, optional_generator(generator))
 
     def _search(
-        self, images: Tensor, labels: Tensor | None, generator: torch.Generator | None
+        self, images: Tensor, targets: Tensor | None, generator: torch.Generator | None
     ) -> SearchResult:
-        images, labels = self._check_inputs(images, labels)
+        images, targets = self._check_inputs(images, targets)
         # Tensors made under inference_mode cannot be saved for the gradient: plain copies.
         images = images.clone() if images.is_inference() else images.detach()
-        labels = labels.clone() if labels is not None and labels.is_inference() else labels
+        targets = targets.clone() if targets is not None and targets.is_inference() else targets
         batch, device = images.shape[0], images.device
+        size = (images.shape[-2], images.shape[-1])
         if self.random_start:
             params = self.box.sample((batch,), generator=generator or self.generator, device=device)
         else:
@@ -119,11 +119,11 @@ class SpatialPGD(SpatialSearch):
         best_correct = torch.ones(batch, dtype=torch.bool, device=device)
         all_correct = torch.ones(batch, dtype=torch.bool, device=device)
         rows = torch.arange(batch, device=device)
-        evaluations = 0 if labels is not None else batch
+        evaluations = 0 if targets is not None else batch
         if batch == 0:
-            return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0)
+            return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0, None)
         with scoring_mode(self.model) as net, images_fit_model(images):
-            targets = _targets(net, images, labels, self.config)
+            prepared = prepare_targets(net, images, targets, self.config, self.task)
             for iteration in range(self.steps + 1):
                 with torch.enable_grad():
                     current = params.detach().requires_grad_(True)
@@ -134,12 +134,9 @@ class SpatialPGD(SpatialSearch):
                         else torch.autocast(device_type=device.type, enabled=False)
                     )
                     with autocast:
-                        logits = check_logits(
-                            net(_warp(images, current, "bilinear", self.config.padding)), batch
-                        )
-                    if labels is not None:
-                        check_label_range(labels, logits.shape[1])
-                    loss, correct = per_sample_objective(logits, targets, rows)
+                        outputs = net(_warp(images, current, "bilinear", self.config.padding))
+                        outputs = self.task.check_outputs(outputs, batch, size)
+                    loss, correct = prepared.score(outputs, rows, current.detach(), size)
                     gradient = None
                     if iteration < self.steps:
                         (gradient,) = torch.autograd.grad(loss.sum(), current)
@@ -152,7 +149,8 @@ class SpatialPGD(SpatialSearch):
                 all_correct &= correct
                 if gradient is not None:
                     params = self.box.project(current.detach() + step * gradient.sign())
-        return self._pgd_result(best_params, best_loss, all_correct, best_correct, evaluations)
+        moved = self._moved_targets(targets, best_params, images)
+        return self._pgd_result(best_params, best_loss, all_correct, best_correct, evaluations, moved)
 
     def _better(self, loss: Tensor, correct: Tensor, best_loss: Tensor, best_correct: Tensor) -> Tensor:
         higher = loss > best_loss
@@ -162,7 +160,13 @@ class SpatialPGD(SpatialSearch):
         return newly_fooled | ((correct == best_correct) & higher)
 
     def _pgd_result(
-        self, params: Tensor, loss: Tensor, correct: Tensor, chosen_correct: Tensor, evaluations: int
+        self,
+        params: Tensor,
+        loss: Tensor,
+        correct: Tensor,
+        chosen_correct: Tensor,
+        evaluations: int,
+        targets: Tensor | None,
     ) -> SearchResult:
         return SearchResult(
             params=params,
@@ -173,6 +177,7 @@ class SpatialPGD(SpatialSearch):
             candidate_correct=None,
             evaluations=evaluations,
             exhaustive_evaluations=evaluations,
+            targets=targets,
         )
 
     def _extra_repr(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from advspatial.engine.search import score_candidates
 from advspatial.errors import check_grid_size, flag, images_fit_model
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Task
 
 __all__ = ["GridSearchRotoTranslation"]
 
@@ -42,6 +43,9 @@ class GridSearchRotoTranslation(SpatialSearch):
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
         chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
         autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
+        task: what candidates are scored against (:mod:`advspatial.tasks`); default
+            :class:`~advspatial.tasks.Classification` (labels). With ``Segmentation()``, ``search``
+            takes ``(B, H, W)`` masks and ``result.targets`` holds the masks moved by the chosen rows.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -67,6 +71,7 @@ class GridSearchRotoTranslation(SpatialSearch):
         padding: str = "zeros",
         chunk_size: int | None = None,
         autocast: torch.dtype | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -77,6 +82,7 @@ class GridSearchRotoTranslation(SpatialSearch):
             padding=padding,
             chunk_size=chunk_size,
             autocast=autocast,
+            task=task,
         )
         flag(early_exit, "early_exit")
         self.rotations = rotations
@@ -85,15 +91,24 @@ class GridSearchRotoTranslation(SpatialSearch):
         check_grid_size(rotations, translations)
         self.candidates = self.box.grid(rotations, translations)
 
-    def search(self, images: Tensor, labels: Tensor | None = None) -> SearchResult:
-        """Score the whole grid for every image (or until fooled, with ``early_exit``)."""
-        images, labels = self._check_inputs(images, labels)
+    def search(self, images: Tensor, targets: Tensor | None = None) -> SearchResult:
+        """Score the whole grid for every image (or until fooled, with ``early_exit``).
+
+        ``targets`` as the task expects them (labels, masks, boxes, points) or ``None``.
+        """
+        images, targets = self._check_inputs(images, targets)
         candidates = self.candidates.to(images.device)
         with images_fit_model(images):
             scores = score_candidates(
-                self.model, images, labels, candidates, self.config, early_exit=self.early_exit
+                self.model,
+                images,
+                targets,
+                candidates,
+                self.config,
+                early_exit=self.early_exit,
+                task=self.task,
             )
-        return self._result(scores, candidates)
+        return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:
         return {"rotations": self.rotations, "translations": self.translations, "early_exit": self.early_exit}

@@ -16,9 +16,10 @@ class SearchResult:
     Attributes:
         params: ``(B, 3)`` chosen rows ``(angle_degrees, tx_pixels, ty_pixels)``; replay them with
             :func:`advspatial.roto_translate` (or on masks, boxes and points with its companions).
-        loss: ``(B,)`` objective of the chosen transform (cross-entropy with labels, otherwise
-            ``KL(p_clean || p_transformed)``).
-        correct: ``(B,)`` bool: the model was right on *every* candidate it was shown, i.e. the
+        loss: ``(B,)`` objective of the chosen transform, as the task defines it (for classification
+            cross-entropy with labels, otherwise ``KL(p_clean || p_transformed)``).
+        correct: ``(B,)`` bool: the model was right (as the task judges a pair: the class, the pixel
+            accuracy, the IoU, the point distance) on *every* candidate it was shown, i.e. the
             image withstood the search (grid accuracy for the grid, worst-of-k accuracy for
             worst-of-k). With the default ``"engstrom"`` selection this equals the correctness of
             the chosen transform.
@@ -28,6 +29,9 @@ class SearchResult:
         candidate_correct: ``(B, K)`` bool, or ``None``.
         evaluations: forward evaluations (images passed through the model) spent by the search.
         exhaustive_evaluations: evaluations an exhaustive search would have spent.
+        targets: the targets moved by the chosen transforms, as the task moves them (labels
+            unchanged, masks ``(B, H, W)``, boxes ``(B, 4)``, points ``(B, P, 2)``), so a training
+            step can use them directly; ``None`` when the search ran without targets.
     """
 
     params: Tensor
@@ -38,6 +42,7 @@ class SearchResult:
     candidate_correct: Tensor | None
     evaluations: int
     exhaustive_evaluations: int
+    targets: Tensor | None = None
 
     @property
     def saved_evaluations(self) -> int:

@@ -9,9 +9,17 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import candidate_count, flag, images_fit_model, optional_generator
+from advspatial.errors import (
+    AdvSpatialError,
+    candidate_count,
+    check_candidates,
+    flag,
+    images_fit_model,
+    optional_generator,
+)
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Task
 
 __all__ = ["WorstOfK"]
 
@@ -42,6 +50,9 @@ class WorstOfK(SpatialSearch):
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
         chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
         autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
+        task: what candidates are scored against (:mod:`advspatial.tasks`); default
+            :class:`~advspatial.tasks.Classification` (labels). With ``Segmentation()``, ``search``
+            takes ``(B, H, W)`` masks and ``result.targets`` holds the masks moved by the chosen rows.
 
     Shape:
         images ``(B, C, H, W)`` float, labels ``(B,)`` integer or ``None``; output ``(B, C, H, W)``.
@@ -71,6 +82,7 @@ class WorstOfK(SpatialSearch):
         padding: str = "zeros",
         chunk_size: int | None = None,
         autocast: torch.dtype | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -81,6 +93,7 @@ class WorstOfK(SpatialSearch):
             padding=padding,
             chunk_size=chunk_size,
             autocast=autocast,
+            task=task,
         )
         self.k = candidate_count(k, "k")
         flag(include_identity, "include_identity")
@@ -97,20 +110,45 @@ class WorstOfK(SpatialSearch):
         return draws
 
     def search(
-        self, images: Tensor, labels: Tensor | None = None, *, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        candidates: Tensor | None = None,
     ) -> SearchResult:
         """Score ``k`` random candidates per image and return the worst of each.
 
         Args:
             images: ``(B, C, H, W)`` float on the model's device.
-            labels: ``(B,)`` class indices, or ``None`` to use the model's clean predictions.
+            targets: the task's targets (``(B,)`` class indices for classification, ``(B, H, W)``
+                masks for segmentation, ...), or ``None`` to use the model's clean predictions.
             generator: overrides the transform's generator for this call.
+            candidates: ``(B, K, 3)`` rows ``(angle, tx, ty)`` to score instead of drawing them
+                (e.g. rows of :meth:`sample` kept per dataset index, so that each sample meets the
+                same candidates whatever batch or process scores it); nothing is drawn and the
+                generator is not advanced. Mutually exclusive with ``generator``.
+
+        Example:
+            >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+            >>> attack = WorstOfK(model, k=3)
+            >>> table = attack.sample(5, torch.device("cpu"), torch.Generator().manual_seed(0))
+            >>> images, labels = torch.rand(5, 1, 8, 8), torch.arange(5)
+            >>> whole = attack.search(images, labels, candidates=table)
+            >>> part = attack.search(images[3:], labels[3:], candidates=table[3:])
+            >>> torch.equal(whole.params[3:], part.params)
+            True
         """
-        images, labels = self._check_inputs(images, labels)
-        candidates = self.sample(images.shape[0], images.device, generator)
+        images, targets = self._check_inputs(images, targets)
+        if candidates is None:
+            candidates = self.sample(images.shape[0], images.device, generator)
+        else:
+            if generator is not None:
+                raise AdvSpatialError("pass either candidates or generator to search, not both")
+            candidates = check_candidates(candidates, images.shape[0]).to(images.device)
         with images_fit_model(images):
-            scores = score_candidates(self.model, images, labels, candidates, self.config)
-        return self._result(scores, candidates)
+            scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
+        return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:
         return {"k": self.k, "include_identity": self.include_identity}

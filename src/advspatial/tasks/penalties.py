@@ -1,4 +1,5 @@
-"""Per-sample invariance penalties between clean and transformed logits (layer 5: pure functions)."""
+"""Per-sample penalties between clean and transformed logits (pure functions; the loss wrapper and the
+tasks share them)."""
 
 from __future__ import annotations
 
