@@ -306,7 +306,7 @@ SHADOW = "raise SystemExit('the matplotlib.py of the working folder was imported
 
 
 def test_a_matplotlib_py_in_the_working_folder_is_never_imported(workspace: Path) -> None:
-    """A real process (``python -P``: Python itself adds no folder): the report and plots are written."""
+    """A real process started like the console script (``python -P``: no folder added at start-up)."""
     (workspace / "matplotlib.py").write_text(SHADOW)
     (workspace / "tqdm.py").write_text(SHADOW)
     result = run_python(
@@ -391,3 +391,17 @@ def test_a_missing_matplotlib_is_reported_before_computing(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "pip install 'advspatial[demo]'" in lines[0]
     assert not (workspace / "advspatial-report").exists()
+
+
+def test_python_m_drops_the_working_folder_it_put_first(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m advspatial.cli.main`` (torchrun) starts with the folder first; lazy imports skip it."""
+    from advspatial.cli.main import _drop_working_folder
+
+    rest = [p for p in sys.path if p not in ("", str(workspace))]
+    monkeypatch.setattr(sys, "path", [str(workspace), *rest])
+    _drop_working_folder()
+    assert sys.path == rest
+    _drop_working_folder()  # a path that does not start with the working folder is left alone
+    assert sys.path == rest

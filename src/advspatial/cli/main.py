@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -45,5 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _drop_working_folder() -> None:
+    """Undo ``python -m``'s working folder at the front of ``sys.path`` (the console script never adds it).
+
+    A user's file named like a module the library imports later (``matplotlib.py``) must not replace it;
+    ``advspatial evaluate`` still finds the factory's module there, searched last, during its import.
+    """
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+
 if __name__ == "__main__":
+    _drop_working_folder()
     sys.exit(main())
