@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -237,6 +238,10 @@ def candidate_count(value: object, name: str) -> int:
 
     The engine keeps a loss, a correctness flag and an index per (image, candidate) pair, so an
     absurd count would allocate a table of terabytes before scoring anything.
+
+    Example:
+        >>> candidate_count(10, "k")
+        10
     """
     count = positive_int(value, name)
     if count > MAX_CANDIDATES:
@@ -253,8 +258,12 @@ def images_in_model_dtype(images: Tensor, model: nn.Module) -> Tensor:
     The library's one dtype rule: any floating image dtype is accepted; the model scores the images
     in its own floating dtype, and what a transform returns keeps the input dtype. A model without
     floating tensors gets the images unchanged.
+
+    Example:
+        >>> images_in_model_dtype(torch.zeros(1, 1, 2, 2, dtype=torch.float16), nn.Linear(2, 2)).dtype
+        torch.float32
     """
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return images if images.dtype == tensor.dtype else images.to(tensor.dtype)
     return images
