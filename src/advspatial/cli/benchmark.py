@@ -87,11 +87,13 @@ def _main(args: argparse.Namespace) -> int:
         return run_suite(args)
     device = _device(args.device)
     start = time.perf_counter()
-    rows = run_benchmark(cases(args.quick), device, rounds=1 if args.quick else args.rounds)
+    rounds = 1 if args.quick else args.rounds
+    rows = run_benchmark(cases(args.quick), device, rounds=rounds)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    timing = "one round" if rounds == 1 else f"median of {rounds} rounds"
     print(
         f"advspatial benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; "
-        f"median of {1 if args.quick else args.rounds} rounds after a warm-up"
+        f"{timing} after a warm-up"
     )
     print(format_costs(rows))
     print(f"Total time {time.perf_counter() - start:.1f} s")
