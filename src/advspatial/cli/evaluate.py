@@ -267,7 +267,6 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             )
         except (FileNotFoundError, OSError) as error:
             raise AdvSpatialError(f"--image-folder: {root} is not a readable ImageFolder: {error}") from error
-        _check_image_files([path for path, _ in dataset.samples[: args.limit]], args.resize)
         info: dict[str, Any] = {"source": "image_folder", "path": str(root), "classes": list(dataset.classes)}
     else:
         name = args.dataset
@@ -293,6 +292,11 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         info = {"source": "torchvision", "dataset": name, "path": str(root), "split": args.split}
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, stratified_indices(_targets(dataset), args.limit))
+    if args.image_folder is not None:  # the images that will be used, before any work
+        folder: Any = dataset.dataset if isinstance(dataset, Subset) else dataset
+        used = dataset.indices if isinstance(dataset, Subset) else None
+        samples = folder.samples if used is None else [folder.samples[i] for i in used]
+        _check_image_files([path for path, _ in samples], args.resize)
     if len(dataset) == 0:
         raise AdvSpatialError("the dataset holds no images")
     info["images"] = len(dataset)
