@@ -324,3 +324,12 @@ def check_grid_size(rotations: object, translations: object) -> None:
             f"rotations x translations must give <= {MAX_CANDIDATES} grid points per image, got "
             f"{rotations} x {pair[0]} x {pair[1]} = {points}"
         )
+
+
+def check_sample_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """Check that ``shape`` is a sequence of integers ``>= 0`` (the leading shape of a draw)."""
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise AdvSpatialError(f"{name} must be a sequence of integers >= 0, e.g. (B, K), got {shape!r}")
+    return tuple(shape)
