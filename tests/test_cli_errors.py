@@ -405,3 +405,14 @@ def test_python_m_drops_the_working_folder_it_put_first(
     assert sys.path == rest
     _drop_working_folder()  # a path that does not start with the working folder is left alone
     assert sys.path == rest
+
+
+def test_the_model_check_follows_the_dtype_rule(workspace: Path) -> None:
+    """A float64 model is scored on float32 images cast to its dtype, as the searches do: no refusal."""
+    from advspatial.cli.evaluate import _check_model_fits, open_dataset
+    from advspatial.cli.main import build_parser
+
+    args = build_parser().parse_args(["evaluate", *BASE])
+    dataset, info = open_dataset(args)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)).double()
+    _check_model_fits(model, dataset, info, args)

@@ -42,7 +42,7 @@ from advspatial.distributed.context import (
     distributed_session,
     launched_by_torchrun,
 )
-from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count
+from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count, images_in_model_dtype
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
@@ -433,7 +433,7 @@ def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args
             f"use at most {min(height, width)}"
         )
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    batch = image.unsqueeze(0).to(device)
+    batch = images_in_model_dtype(image.unsqueeze(0).to(device), model)  # the library's dtype rule
     try:
         with torch.inference_mode():
             logits = model(batch)
