@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -237,6 +238,10 @@ def candidate_count(value: object, name: str) -> int:
 
     The engine keeps a loss, a correctness flag and an index per (image, candidate) pair, so an
     absurd count would allocate a table of terabytes before scoring anything.
+
+    Example:
+        >>> candidate_count(10, "k")
+        10
     """
     count = positive_int(value, name)
     if count > MAX_CANDIDATES:
@@ -253,8 +258,12 @@ def images_in_model_dtype(images: Tensor, model: nn.Module) -> Tensor:
     The library's one dtype rule: any floating image dtype is accepted; the model scores the images
     in its own floating dtype, and what a transform returns keeps the input dtype. A model without
     floating tensors gets the images unchanged.
+
+    Example:
+        >>> images_in_model_dtype(torch.zeros(1, 1, 2, 2, dtype=torch.float16), nn.Linear(2, 2)).dtype
+        torch.float32
     """
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return images if images.dtype == tensor.dtype else images.to(tensor.dtype)
     return images
@@ -315,3 +324,12 @@ def check_grid_size(rotations: object, translations: object) -> None:
             f"rotations x translations must give <= {MAX_CANDIDATES} grid points per image, got "
             f"{rotations} x {pair[0]} x {pair[1]} = {points}"
         )
+
+
+def check_sample_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """Check that ``shape`` is a sequence of integers ``>= 0`` (the leading shape of a draw)."""
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise AdvSpatialError(f"{name} must be a sequence of integers >= 0, e.g. (B, K), got {shape!r}")
+    return tuple(shape)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import json
 import math
@@ -42,7 +43,7 @@ from advspatial.distributed.context import (
     distributed_session,
     launched_by_torchrun,
 )
-from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count
+from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count, images_in_model_dtype
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
@@ -211,25 +212,35 @@ def _read_image(path: str) -> Any:
         raise AdvSpatialError(f"--image-folder: cannot read image {path}: {_first_line(error)}") from error
 
 
-def _check_image_files(paths: list[str]) -> None:
+def _check_image_files(paths: list[str], resize: int | None) -> None:
     """Open every image's header before any work: unreadable, empty and oversized files are named.
 
     PIL refuses (``DecompressionBombError``) headers of more than twice ``Image.MAX_IMAGE_PIXELS``.
+    Without ``--resize`` the images must be at least 2 x 2 px and all of one size.
     """
     from PIL import Image
 
+    first: tuple[str, tuple[int, int]] | None = None
     for path in paths:
         try:
             with Image.open(path) as image:
-                width, height = image.size
+                size = image.size
         except Exception as error:
             raise AdvSpatialError(
                 f"--image-folder: cannot read image {path}: {_first_line(error)}"
             ) from error
-        if width < 2 or height < 2:
+        if resize is not None:
+            continue
+        if min(size) < 2:
             raise AdvSpatialError(
-                f"--image-folder: image {path} is {width} x {height} px, too small to rotate or shift; "
+                f"--image-folder: image {path} is {size[0]} x {size[1]} px, too small to rotate or shift; "
                 "pass --resize N to scale every image to N x N"
+            )
+        first = first or (path, size)
+        if size != first[1]:
+            raise AdvSpatialError(
+                f"--image-folder: the images differ in size ({first[0]} is {first[1][0]} x {first[1][1]} px, "
+                f"{path} is {size[0]} x {size[1]} px); pass --resize N to make them N x N"
             )
 
 
@@ -258,7 +269,6 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             )
         except (FileNotFoundError, OSError) as error:
             raise AdvSpatialError(f"--image-folder: {root} is not a readable ImageFolder: {error}") from error
-        _check_image_files([path for path, _ in dataset.samples])
         info: dict[str, Any] = {"source": "image_folder", "path": str(root), "classes": list(dataset.classes)}
     else:
         name = args.dataset
@@ -284,6 +294,11 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         info = {"source": "torchvision", "dataset": name, "path": str(root), "split": args.split}
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, stratified_indices(_targets(dataset), args.limit))
+    if args.image_folder is not None:  # the images that will be used, before any work
+        folder: Any = dataset.dataset if isinstance(dataset, Subset) else dataset
+        used = dataset.indices if isinstance(dataset, Subset) else None
+        samples = folder.samples if used is None else [folder.samples[i] for i in used]
+        _check_image_files([path for path, _ in samples], args.resize)
     if len(dataset) == 0:
         raise AdvSpatialError("the dataset holds no images")
     info["images"] = len(dataset)
@@ -385,6 +400,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
             f"{args.grid_rotations} x {args.grid_translations}^2 = {points}"
         )
     _check_output(Path(args.output))
+    if importlib.util.find_spec("matplotlib") is None:
+        raise AdvSpatialError(
+            "advspatial evaluate draws its plots with matplotlib: pip install 'advspatial[demo]'"
+        )
 
 
 def _check_output(output: Path) -> None:
@@ -452,7 +471,7 @@ def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args
             f"use at most {min(height, width)}"
         )
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    batch = image.unsqueeze(0).to(device)
+    batch = images_in_model_dtype(image.unsqueeze(0).to(device), model)  # the library's dtype rule
     try:
         with torch.inference_mode():
             logits = model(batch)
@@ -530,24 +549,9 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         raise
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    plots = {
-        "accuracy": plot_accuracies(
-            {args.model: {name: result.accuracy for name, result in results.items()}},
-            output / "accuracy.png",
-            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
-        ),
-        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
-    }
-    if profile is not None:
-        plots["rotation_profile"] = profile.save_plot(output / "rotation_profile.png", label=args.model)
     count = min(args.landscape_images, len(dataset)) if profile is not None else 0
-    if count > 0:
-        images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
-        landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
-        classes = getattr(dataset, "classes", None)
-        plots["landscape"] = landscape.save_plot(
-            output / "landscape.png", model=args.model, class_names=classes
-        )
+    planned = ["accuracy", "grid_transforms"]
+    planned += (["rotation_profile"] if profile is not None else []) + (["landscape"] if count > 0 else [])
     report = {
         "advspatial_version": __version__,
         "model": args.model,
@@ -568,11 +572,28 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "results": {name: result.to_dict() for name, result in results.items()},
         **({"labels": results["natural"].labels.tolist()} if profile is not None else {}),
         **({"rotation_profile": profile.to_dict()} if profile is not None else {}),
-        "plots": {name: path.name for name, path in plots.items()},
+        "plots": {name: f"{name}.png" for name in planned},
         "seconds": time.perf_counter() - start,
     }
-    report_path = output / "report.json"
+    report_path = output / "report.json"  # written before the plots: a failing plot loses no numbers
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    plots = {
+        "accuracy": plot_accuracies(
+            {args.model: {name: result.accuracy for name, result in results.items()}},
+            output / "accuracy.png",
+            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
+        ),
+        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
+    }
+    if profile is not None:
+        plots["rotation_profile"] = profile.save_plot(output / "rotation_profile.png", label=args.model)
+    if count > 0:
+        images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
+        landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
+        classes = getattr(dataset, "classes", None)
+        plots["landscape"] = landscape.save_plot(
+            output / "landscape.png", model=args.model, class_names=classes
+        )
     if isinstance(task, Segmentation):
         threshold = f"(robust: pixel accuracy >= {task.min_pixel_accuracy:g} on every candidate)"
         print(f"{'attack':<12} {'mIoU':>7} {'robust':>8}  {threshold}")
