@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import albumentations as A
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,7 @@ from advspatial import (
     roto_translate_masks,
 )
 from advspatial.adapters import (
+    SpatialSearchAlbumentations,
     SpatialSearchBatch,
     SpatialSearchCollate,
     SpatialSearchDataset,
@@ -251,6 +254,87 @@ def test_v2_dense_bad_inputs_are_refused_clearly() -> None:
     assert "KeyPoints: expected exactly one" in _v2_error(points, image, {"labels": 2})
     getter = _v2_error(masks, image, _masks(1)[0], labels_getter=lambda sample: sample[1])
     assert "tv_tensors.Mask" in getter
+
+
+# --- albumentations -------------------------------------------------------------------------------
+
+
+def _hwc(image: Tensor) -> np.ndarray:
+    """A ``(1, H, W)`` float image as albumentations' ``uint8`` HWC array."""
+    return (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+@pytest.mark.parametrize("trailing", [False, True])
+def test_albumentations_segmentation_scores_and_returns_the_mask(name: str, trailing: bool) -> None:
+    search = _search("masks", name)
+    before = model_state(search.model)
+    transform = SpatialSearchAlbumentations(search)
+    pipeline = A.Compose([transform], strict=True, seed=0)
+    image, mask = _hwc(_images(1)[0]), _masks(1)[0].numpy()
+    given = mask[..., None] if trailing else mask
+    out = pipeline(image=image, mask=given, masks=[mask, mask])
+    result = transform.last_result
+    assert result is not None and result.targets is not None
+    assert out["mask"].shape == given.shape and out["mask"].dtype == np.uint8
+    assert torch.equal(torch.from_numpy(out["mask"]).reshape(1, SIZE, SIZE).long(), result.targets)
+    scored = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(result.targets, _moved(search, torch.from_numpy(mask)[None], scored, result.params))
+    assert all(np.array_equal(moved, out["mask"].reshape(SIZE, SIZE)) for moved in out["masks"])
+    assert_same_state(search.model, before)
+    if name == "grid":
+        again = search.search(scored, torch.from_numpy(mask)[None])
+        assert torch.equal(again.params, result.params) and torch.equal(again.loss, result.loss)
+        assert bool((out["mask"] == 255).any())
+
+
+def test_albumentations_box_regression_scores_and_returns_the_box() -> None:
+    search = _search("boxes")
+    transform = SpatialSearchAlbumentations(search)
+    pipeline = A.Compose(
+        [transform], bbox_params=A.BboxParams(format="coco", label_fields=["kind"]), strict=True, seed=0
+    )
+    image = _images(1)[0]
+    out = pipeline(image=_hwc(image), bboxes=[[2.0, 3.0, 5.0, 6.0]], kind=["digit"])
+    result = transform.last_result
+    assert result is not None and result.targets is not None and out["kind"] == ["digit"]
+    x, y, w, h = out["bboxes"][0]
+    torch.testing.assert_close(
+        torch.tensor([[x, y, x + w, y + h]]).float(), result.targets, rtol=0, atol=1e-4
+    )
+    scored = torch.from_numpy(_hwc(image)).permute(2, 0, 1)[None].float() / 255
+    torch.testing.assert_close(
+        result.targets,
+        _moved(search, torch.tensor([[2.0, 3.0, 7.0, 9.0]]), scored, result.params),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def _albu_error(transform: SpatialSearchAlbumentations, **data: object) -> str:
+    pipeline = A.Compose([transform], bbox_params=A.BboxParams(format="pascal_voc", label_fields=[]), seed=0)
+    with pytest.raises(AdvSpatialError) as error:
+        pipeline(**data)
+    return str(error.value)
+
+
+def test_albumentations_dense_bad_inputs_are_refused_clearly() -> None:
+    image = _hwc(_images(1)[0])
+    masks = SpatialSearchAlbumentations(_search("masks"))
+    assert "call the pipeline with mask=" in _albu_error(masks, image=image, label=2)
+    assert "one numpy mask" in _albu_error(masks, image=image, mask=np.zeros((SIZE, SIZE, 3), np.uint8))
+    assert "integer class indices" in _albu_error(masks, image=image, mask=np.zeros((SIZE, SIZE), np.float32))
+    minus = GridSearchRotoTranslation(dense_model("masks"), rotations=2, task=Segmentation(ignore_index=-1))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    assert "cannot hold" in _albu_error(SpatialSearchAlbumentations(minus), image=image, mask=mask)
+    with pytest.raises(AdvSpatialError, match="ignore_index=255"):
+        SpatialSearchAlbumentations(_search("masks"), mask_fill=0)
+    boxes = SpatialSearchAlbumentations(_search("boxes"))
+    two = [[1.0, 1.0, 4.0, 4.0], [2.0, 2.0, 6.0, 6.0]]
+    assert "exactly one box per image" in _albu_error(boxes, image=image, bboxes=two)
+    assert "got 0 boxes" in _albu_error(boxes, image=image, bboxes=[])
+    with pytest.raises(AdvSpatialError, match="keypoints use another pixel convention"):
+        SpatialSearchAlbumentations(_search("points"))
 
 
 # --- the batch forms --------------------------------------------------------------------------------
