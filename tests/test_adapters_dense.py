@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import albumentations as A
+import kornia.augmentation as K
 import numpy as np
 import pytest
 import torch
@@ -28,6 +29,7 @@ from advspatial.adapters import (
     SpatialSearchBatch,
     SpatialSearchCollate,
     SpatialSearchDataset,
+    SpatialSearchKornia,
     SpatialSearchV2,
 )
 from advspatial.tasks import BoxRegression, KeypointRegression, Segmentation, Task
@@ -335,6 +337,99 @@ def test_albumentations_dense_bad_inputs_are_refused_clearly() -> None:
     assert "got 0 boxes" in _albu_error(boxes, image=image, bboxes=[])
     with pytest.raises(AdvSpatialError, match="keypoints use another pixel convention"):
         SpatialSearchAlbumentations(_search("points"))
+
+
+# --- kornia ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+@pytest.mark.parametrize("layout", ["B1HW", "BHW"])
+def test_kornia_segmentation_mask_key_equals_the_searched_targets(name: str, layout: str) -> None:
+    search = _search("masks", name)
+    before = model_state(search.model)
+    aug = SpatialSearchKornia(search)
+    sequence = K.AugmentationSequential(aug, data_keys=["input", "mask"])
+    images, masks = _images(3), _masks(3, dtype=torch.int64)
+    given = masks[:, None] if layout == "B1HW" else masks
+    with aug.labels(given):
+        out_images, out_masks = sequence(images, given)
+    result = aug.last_result
+    assert result is not None and result.targets is not None and aug.last_params is not None
+    assert out_masks.dtype == torch.int64
+    assert torch.equal(out_masks.reshape(3, SIZE, SIZE), result.targets)
+    assert torch.equal(result.targets, _moved(search, masks, images, aug.last_params))
+    assert torch.equal(out_images, search.apply(images, aug.last_params))
+    assert_same_state(search.model, before)
+    if name == "grid":
+        assert torch.equal(search.search(images, masks).params, aug.last_params)
+        assert bool((out_masks == 255).any())
+
+
+def test_kornia_segmentation_with_p_searches_and_moves_the_gated_masks_only() -> None:
+    search = _search("masks")  # the grid has no identity row: a zero row means "not gated"
+    aug = SpatialSearchKornia(search, p=0.5)
+    sequence = K.AugmentationSequential(aug, data_keys=["input", "mask"])
+    images, masks = _images(6), _masks(6, dtype=torch.int64)[:, None]
+    torch.manual_seed(0)
+    with aug.labels(masks):
+        _, out_masks = sequence(images, masks)
+    result, rows = aug.last_result, aug.last_params
+    assert result is not None and result.targets is not None and rows is not None
+    gated = rows.abs().sum(dim=1) > 0
+    assert 0 < int(gated.sum()) < 6
+    assert torch.equal(out_masks[gated, 0], result.targets)
+    assert torch.equal(out_masks[~gated], masks[~gated])
+
+
+def test_kornia_regression_targets_are_scored_and_kornias_keys_follow_its_own_geometry() -> None:
+    """What holds for boxes and points: the search scores the targets given to ``labels`` and
+    ``last_result.targets`` moves them; kornia's keypoints key (pixel-index coordinates) equals them
+    shifted by half a pixel, its boxes, clamped to the frame, are within a pixel of them (kornia's own
+    box geometry)."""
+    images = _images(3)
+    points_search = _search("points", "worst_of_k")
+    aug = SpatialSearchKornia(points_search)
+    sequence = K.AugmentationSequential(aug, data_keys=["input", "keypoints"])
+    with aug.labels(_points(3)):
+        _, out_points = sequence(images, _points(3) - 0.5)
+    result = aug.last_result
+    assert result is not None and result.targets is not None and aug.last_params is not None
+    assert bool(torch.isfinite(result.targets).all())  # every point stayed in frame here
+    torch.testing.assert_close(out_points + 0.5, result.targets, rtol=0, atol=1e-5)
+    assert torch.equal(result.targets, _moved(points_search, _points(3), images, aug.last_params))
+    boxes_search = _search("boxes", "worst_of_k")
+    aug = SpatialSearchKornia(boxes_search)
+    sequence = K.AugmentationSequential(aug, data_keys=["input", "bbox_xyxy"])
+    with aug.labels(_boxes(3)):
+        _, out_boxes = sequence(images, _boxes(3)[:, None])
+    result = aug.last_result
+    assert result is not None and result.targets is not None and aug.last_params is not None
+    assert torch.equal(result.targets, _moved(boxes_search, _boxes(3), images, aug.last_params))
+    clamped = out_boxes[:, 0].clamp(0, SIZE)  # kornia does not clamp boxes to the frame
+    assert float((clamped - result.targets).abs().max()) < 1.0
+
+
+def test_kornia_dense_bad_inputs_are_refused_clearly() -> None:
+    aug = SpatialSearchKornia(_search("masks"))
+    sequence = K.AugmentationSequential(aug, data_keys=["input", "mask"])
+    images, masks = _images(2), _masks(2, dtype=torch.int64)[:, None]
+    with pytest.raises(AdvSpatialError, match=r"targets for Segmentation\(.*aug.labels"):
+        sequence(images, masks)
+    three = _masks(3, dtype=torch.int64)[:, None]
+    with (
+        pytest.raises(AdvSpatialError, match=r"one row per image \(2\), got \(3, 1, 12, 12\)"),
+        aug.labels(three),
+    ):
+        sequence(images, masks)
+    with (
+        pytest.raises(AdvSpatialError, match=r"masks must have shape \(B, H, W\)"),
+        aug.labels(masks[..., :8]),
+    ):
+        sequence(images, masks)
+    with pytest.raises(AdvSpatialError, match="integer class indices"), aug.labels(masks.float()):
+        sequence(images, masks)
+    with pytest.raises(AdvSpatialError, match="ignore_index=255"):
+        SpatialSearchKornia(_search("masks"), mask_fill=0.0)
 
 
 # --- the batch forms --------------------------------------------------------------------------------
