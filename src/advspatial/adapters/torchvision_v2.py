@@ -249,7 +249,8 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         self._worker_seed: dict[str, int] = {}
 
     def forward(self, *inputs: Any) -> Any:
-        """Read the sample's labels (as ``v2.SanitizeBoundingBoxes`` does), then run v2's own forward.
+        """Read the sample's target (:meth:`_target`: labels as ``v2.SanitizeBoundingBoxes`` reads
+        them, or a dense task's Mask / BoundingBoxes / KeyPoints), then run v2's own forward.
 
         v2's ``forward`` hands :meth:`make_params` only the inputs it transforms, and labels are not
         among them; this is the one thing done here. Flattening, the pure-tensor rule,
@@ -302,7 +303,8 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         Args:
             flat_inputs: as v2's ``forward`` passes them.
             labels: the image's labels; by default those :meth:`forward` read from the sample. Pass
-                them when calling ``make_params`` yourself (``None`` with ``labels_getter=None``).
+                them when calling ``make_params`` yourself (``None`` with ``labels_getter=None``). A
+                dense task's Mask / BoundingBoxes / KeyPoints is found in ``flat_inputs`` by default.
 
         Returns:
             ``{"params": (B, 3) rows on the CPU, "batched": bool}``; :attr:`last_result` holds the search.
