@@ -476,3 +476,27 @@ def test_batch_forms_refuse_bad_masks_clearly() -> None:
     data = SpatialSearchDataset(TensorDataset(_images(2), _masks(2)[:, :8]), _search("masks"))
     with pytest.raises(AdvSpatialError, match=r"dataset\[1\]\[1\] must have shape"):
         data[1]
+
+
+@pytest.mark.cuda
+def test_dense_targets_with_a_cuda_model_and_cpu_samples() -> None:
+    """A CUDA segmenter with CPU samples: v2 and kornia score on the GPU and move the CPU masks on the
+    CPU; the moved masks equal ``result.targets`` (moved on the GPU) pixel for pixel, the batch form
+    returns them on the model's device."""
+    search = _search("masks")
+    search.model.cuda()
+    images, masks = _images(2), _masks(2, dtype=torch.int64)
+    transform = SpatialSearchV2(search)
+    _, out = transform(tv_tensors.Image(images), tv_tensors.Mask(masks))
+    assert transform.last_result is not None and transform.last_result.targets is not None
+    assert out.device.type == "cpu"
+    assert torch.equal(_plain(out), transform.last_result.targets.cpu())
+    aug = SpatialSearchKornia(search)
+    with aug.labels(masks):
+        _, out_masks = K.AugmentationSequential(aug, data_keys=["input", "mask"])(images, masks[:, None])
+    assert aug.last_result is not None and aug.last_result.targets is not None
+    assert torch.equal(out_masks[:, 0], aug.last_result.targets.cpu())
+    attack = SpatialSearchBatch(search)
+    _, moved = attack((images, masks))
+    assert moved.device.type == "cuda" and attack.last_result is not None
+    assert torch.equal(moved, attack.last_result.targets)
