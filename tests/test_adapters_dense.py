@@ -381,6 +381,20 @@ def test_kornia_segmentation_with_p_searches_and_moves_the_gated_masks_only() ->
     assert torch.equal(out_masks[~gated], masks[~gated])
 
 
+def test_kornia_segmentation_same_on_batch_scores_the_first_image() -> None:
+    search = _search("masks")
+    aug = SpatialSearchKornia(search, same_on_batch=True)
+    images, masks = _images(3), _masks(3, dtype=torch.int64)[:, None]
+    with aug.labels(masks):
+        _, out_masks = K.AugmentationSequential(aug, data_keys=["input", "mask"])(images, masks)
+    result, rows = aug.last_result, aug.last_params
+    assert result is not None and result.targets is not None and rows is not None
+    assert result.targets.shape == (1, SIZE, SIZE) and torch.equal(rows, rows[:1].expand(3, -1))
+    assert torch.equal(out_masks[0], result.targets)
+    assert torch.equal(result.params, search.search(images[:1], masks[:1, 0]).params)
+    assert torch.equal(out_masks[:, 0], roto_translate_masks(masks[:, 0], rows, fill=255))
+
+
 def test_kornia_regression_targets_are_scored_and_kornias_keys_follow_its_own_geometry() -> None:
     """What holds for boxes and points: the search scores the targets given to ``labels`` and
     ``last_result.targets`` moves them; kornia's keypoints key (pixel-index coordinates) equals them

@@ -281,8 +281,9 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         if len(found) != 1:
             raise AdvSpatialError(
                 f"SpatialSearchV2 with {self.search.task!r} scores against the sample's tv_tensors."
-                f"{kind.__name__}: expected exactly one in the sample, found {len(found)} (give "
-                "labels_getter=callable to pick the one to score)"
+                f"{kind.__name__}: expected exactly one in the sample, found {len(found)} (wrap the "
+                f"target as tv_tensors.{kind.__name__}; with several, give labels_getter=callable to "
+                "pick the one to score)"
             )
         return found[0]
 
