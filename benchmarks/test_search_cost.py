@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from advspatial import GridSearchRotoTranslation, WorstOfK, roto_translate
+from advspatial import AffineBox, GridSearchRotoTranslation, WorstOfK, roto_translate
 from advspatial.data import load_digits_28
 from advspatial.engine import default_chunk_size
 from advspatial.models import SmallCNN, resnet18_cifar
@@ -34,7 +34,7 @@ def prewarp(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """All (image, candidate) pairs warped up front: what the search would score."""
     batch, count = params.shape[:2]
     flat_images = images.repeat_interleave(count, dim=0)
-    return roto_translate(flat_images, params.reshape(batch * count, 3))
+    return roto_translate(flat_images, params.reshape(batch * count, params.shape[-1]))
 
 
 def ratio_case(benchmark, device, name: str, model: nn.Module, images: torch.Tensor, search) -> float:  # type: ignore[no-untyped-def]
@@ -77,6 +77,24 @@ def test_worst_of_10_resnet18_cifar(benchmark, device, precision: str) -> None:
     search = WorstOfK(model.to(device), k=10, generator=generator, autocast=autocast)
     suffix = "" if autocast is None else f", {precision} autocast"
     ratio_case(benchmark, device, f"worst-of-10, ResNet-18 CIFAR, B=16{suffix}", model, images, search)
+
+
+def test_worst_of_10_affine_resnet18_cifar(benchmark, device) -> None:
+    """Worst-of-10 over the affine box (scale 0.8-1.2, shear 10 degrees): the 6-column rows cost the
+    same warp as the 3-column ones, so the ratio should match the roto-translation row (issue: <= 1.10)."""
+    torch.manual_seed(0)
+    model = resnet18_cifar()
+    images = torch.rand(16, 3, 32, 32)
+    space = AffineBox(max_rotation=30, max_translation=3, scale=(0.8, 1.2), shear=10)
+    search = WorstOfK(model.to(device), k=10, space=space, generator=torch.Generator().manual_seed(0))
+    ratio_case(
+        benchmark,
+        device,
+        "worst-of-10 affine (scale 0.8-1.2, shear 10), ResNet-18 CIFAR, B=16",
+        model,
+        images,
+        search,
+    )
 
 
 def test_worst_of_10_digits_cnn(benchmark, device) -> None:
