@@ -26,7 +26,7 @@ def default_steps(space: Space, rotations: int = 31, translations: int = 5) -> t
         >>> default_steps(AffineBox(scale=(0.8, 1.2), shear=(10, 0)))
         (31, 5, 5, 3, 3, 1)
     """
-    steps = (rotations, translations, translations)
+    steps: tuple[int, ...] = (rotations, translations, translations)
     if isinstance(space, AffineBox):
         lows, highs = space.bounds
         steps += tuple(3 if highs[axis] > lows[axis] else 1 for axis in (3, 4, 5))
