@@ -90,7 +90,7 @@ class SweepResult:
         return summary
 
     def save_plot(self, path: str | Path, *, model: str | None = None) -> Path:
-        """The chosen (angle, tx) and (angle, ty) per sample, fooled in red, sized by count; 960 x 480 PNG.
+        """The chosen (angle, tx) and (angle, ty) per sample, fooled in red, sized by count; 640 x 480 PNG.
 
         Args:
             path: where the PNG goes (folders are created).

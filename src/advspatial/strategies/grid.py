@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import AdvSpatialError, flag, positive_int
+from advspatial.errors import (
+    MAX_CANDIDATES,
+    AdvSpatialError,
+    check_grid_size,
+    flag,
+    images_fit_model,
+    positive_int,
+)
 from advspatial.space.affine import AffineBox, Space
 from advspatial.space.box import RotoTranslationBox
 from advspatial.strategies.base import SpatialSearch
@@ -39,7 +47,13 @@ def _check_steps(steps: object, columns: int) -> tuple[int, ...]:
         raise AdvSpatialError(
             f"steps must be {columns} positive integers {axes} for this space, got {steps!r}"
         )
-    return tuple(positive_int(n, f"steps[{i}]") for i, n in enumerate(steps))
+    counts = tuple(positive_int(n, f"steps[{i}]") for i, n in enumerate(steps))
+    if math.prod(counts) > MAX_CANDIDATES:
+        raise AdvSpatialError(
+            f"steps must give <= {MAX_CANDIDATES} grid points per image, got "
+            f"{' x '.join(map(str, counts))} = {math.prod(counts)}"
+        )
+    return counts
 
 
 def _grid(space: Space, steps: tuple[int, ...]) -> Tensor:
@@ -118,9 +132,16 @@ class GridSearch(SpatialSearch):
         """
         images, targets = self._check_inputs(images, targets)
         candidates = self.candidates.to(images.device)
-        scores = score_candidates(
-            self.model, images, targets, candidates, self.config, early_exit=self.early_exit, task=self.task
-        )
+        with images_fit_model(images):
+            scores = score_candidates(
+                self.model,
+                images,
+                targets,
+                candidates,
+                self.config,
+                early_exit=self.early_exit,
+                task=self.task,
+            )
         return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:
@@ -187,6 +208,7 @@ class GridSearchRotoTranslation(GridSearch):
         task: Task | None = None,
     ) -> None:
         box = RotoTranslationBox(max_rotation, max_translation)
+        check_grid_size(rotations, translations)
         box.grid(rotations, translations)  # checks the counts with their own names
         n_x, n_y = (translations, translations) if isinstance(translations, int) else translations
         self.rotations = rotations
