@@ -19,7 +19,7 @@ from advspatial.engine.chunking import default_chunk_size
 from advspatial.engine.model_state import scoring_mode
 from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
 from advspatial.geometry.warp import roto_translate
-from advspatial.strategies.grid import GridSearchRotoTranslation
+from advspatial.strategies.grid import GridSearch
 from advspatial.strategies.worst_of_k import WorstOfK
 
 __all__ = ["SearchCost", "measure_search_cost"]
@@ -59,13 +59,14 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, rounds: int)
 
 
 def measure_search_cost(
-    search: WorstOfK | GridSearchRotoTranslation, images: Tensor, labels: Tensor, *, rounds: int = 3
+    search: WorstOfK | GridSearch, images: Tensor, labels: Tensor, *, rounds: int = 3
 ) -> SearchCost:
     """Time ``search`` and the bare forward passes of its candidates on ``images`` (after a warm-up).
 
     Args:
-        search: a :class:`advspatial.WorstOfK` or an exhaustive
-            :class:`advspatial.GridSearchRotoTranslation` (early exit would skip pairs).
+        search: a :class:`advspatial.WorstOfK` or an exhaustive :class:`advspatial.GridSearch`
+            (e.g. :class:`advspatial.GridSearchRotoTranslation`; early exit would skip pairs), over a
+            roto-translation or an affine space.
         images: ``(B, C, H, W)`` on the model's device.
         labels: ``(B,)`` class indices.
         rounds: timed repetitions; the median is reported.
@@ -82,14 +83,12 @@ def measure_search_cost(
     rounds = positive_int(rounds, "rounds")
     if isinstance(search, WorstOfK):
         candidates = search.sample(images.shape[0], images.device, torch.Generator().manual_seed(0))
-    elif isinstance(search, GridSearchRotoTranslation) and not search.early_exit:
+    elif isinstance(search, GridSearch) and not search.early_exit:
         candidates = search.candidates.to(images.device).expand(images.shape[0], -1, -1)
     else:
-        raise AdvSpatialError(
-            f"search must be a WorstOfK or an exhaustive GridSearchRotoTranslation, got {search!r}"
-        )
+        raise AdvSpatialError(f"search must be a WorstOfK or an exhaustive GridSearch, got {search!r}")
     batch, count = candidates.shape[:2]
-    warped = roto_translate(images.repeat_interleave(count, dim=0), candidates.reshape(batch * count, 3))
+    warped = roto_translate(images.repeat_interleave(count, dim=0), candidates.reshape(batch * count, -1))
     chunk = search.config.chunk_size or default_chunk_size(images)
 
     def bare() -> None:
