@@ -174,3 +174,17 @@ def test_dense_tasks_move_their_targets_with_affine_rows() -> None:
         result = search.search(images, masks)
         assert result.params.shape == (4, 6) and result.targets is not None
         assert torch.equal(result.targets, roto_translate_masks(masks, result.params, fill=IGNORE))
+
+
+def test_invariance_loss_takes_an_affine_attack_and_replays_affine_rows(model, batch) -> None:
+    from advspatial import InvarianceRegularizedLoss
+
+    images, labels = batch
+    attack = WorstOfK(model, k=3, space=BOX, generator=torch.Generator().manual_seed(1))
+    loss_fn = InvarianceRegularizedLoss(model, attack, regularizer="l2", weight=1.0)
+    loss = loss_fn(images, labels)
+    loss.backward()
+    assert loss.ndim == 0 and bool(torch.isfinite(loss))
+    rows = BOX.sample((6,), generator=torch.Generator().manual_seed(2))
+    replayed = loss_fn(images, labels, params=rows)
+    assert bool(torch.isfinite(replayed))

@@ -198,7 +198,7 @@ class InvarianceRegularizedLoss(nn.Module):
             images: ``(B, C, H, W)`` float, ``B >= 1``, on the model's device.
             targets: the task's targets: ``(B,)`` class indices for classification, ``(B, H, W)``
                 masks for segmentation, ``(B, 4)`` boxes, ``(B, P, 2)`` points.
-            params: optional ``(B, 3)`` transforms to use instead of searching (replay).
+            params: optional ``(B, 3)`` or ``(B, 6)`` transforms to use instead of searching (replay).
 
         Returns:
             A scalar tensor; :attr:`last` holds its components.
