@@ -11,7 +11,8 @@ applied to each batch:
   shear=10))``, the worst of 10 draws per image (10 extra inference forwards per image).
 
 Each model is then scored on the 359 test images: natural accuracy, worst-of-10 over the box (fresh
-draws), and the box's worst case on a 6-axis grid (``--grid``, default 5 x 3 x 3 x 3 x 3 x 3 = 1215
+draws), the first-order attack (``SpatialPGD``, 5 sign-gradient steps on all six axes), and the
+box's worst case on a 6-axis grid (``--grid``, default 5 x 3 x 3 x 3 x 3 x 3 = 1215
 points) with early exit, whose forward evaluations are printed against the exhaustive count and
 against the least possible work (every grid point for a robust image, one for a fooled one). With
 ``--count-images N`` the same count is made on the issue's 31 x 5 x 5 x 3 x 3 x 3 = 20925-point grid
@@ -34,7 +35,7 @@ from torch.utils.data import Dataset, Subset
 
 from advspatial import AffineBox, GridSearch, WorstOfK
 from advspatial.data import load_digits_28
-from advspatial.evaluation import natural_accuracy, search_accuracy, worst_of_k_accuracy
+from advspatial.evaluation import first_order_accuracy, natural_accuracy, search_accuracy, worst_of_k_accuracy
 from advspatial.models import SmallCNN
 from advspatial.training import fit
 
@@ -95,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train_set, test_set = load_digits_28()
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in RUNS}
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in RUNS}
     work = {"evaluations": 0, "exhaustive": 0, "minimum": 0}
     for seed in args.seeds:
         for name, factory in RUNS.items():
@@ -115,6 +116,7 @@ def main() -> None:
             natural = natural_accuracy(model, test_set).accuracy
             generator = torch.Generator().manual_seed(12345)
             worst = worst_of_k_accuracy(model, test_set, k=10, space=BOX, generator=generator).accuracy
+            pgd = first_order_accuracy(model, test_set, steps=5, space=BOX).accuracy
             grid_search = GridSearch(model, space=BOX, steps=tuple(args.grid), early_exit=True)
             grid = search_accuracy(model, test_set, grid_search, name="grid")
             count = grid_search.candidates.shape[0]
@@ -123,9 +125,10 @@ def main() -> None:
             work["evaluations"] += grid.evaluations
             work["exhaustive"] += grid.exhaustive_evaluations
             work["minimum"] += minimum
-            results[name].append((natural, worst, grid.accuracy))
+            results[name].append((natural, worst, pgd, grid.accuracy))
             print(
                 f"seed {seed} | {name:26s} | natural {100 * natural:5.1f} | worst-of-10 {100 * worst:5.1f} "
+                f"| first-order {100 * pgd:5.1f} "
                 f"| grid {100 * grid.accuracy:5.1f} | grid evaluations {grid.evaluations} "
                 f"(exhaustive {grid.exhaustive_evaluations}, minimum {minimum}) "
                 f"| train {train_s:5.1f} s | total {time.perf_counter() - start:5.1f} s",
@@ -139,11 +142,11 @@ def main() -> None:
     print(
         f"\nmean over seeds {args.seeds}, {args.epochs} epochs, {len(test_set)} test images, grid {grid_text}"
     )
-    print("| training | natural % | worst-of-10 % | grid (box worst case) % |")
-    print("|---|---|---|---|")
+    print("| training | natural % | worst-of-10 % | first-order (5 steps) % | grid (box worst case) % |")
+    print("|---|---|---|---|---|")
     for name, rows in results.items():
-        cells = [statistics.mean(row[i] for row in rows) * 100 for i in range(3)]
-        print(f"| {name} | {cells[0]:.1f} | {cells[1]:.1f} | {cells[2]:.1f} |")
+        cells = [statistics.mean(row[i] for row in rows) * 100 for i in range(4)]
+        print(f"| {name} | {cells[0]:.1f} | {cells[1]:.1f} | {cells[2]:.1f} | {cells[3]:.1f} |")
     print(
         f"\nearly exit over all models: {work['evaluations']} forward evaluations, "
         f"{work['evaluations'] / work['exhaustive']:.3f} of exhaustive ({work['exhaustive']}), "

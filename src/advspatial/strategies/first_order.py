@@ -63,8 +63,8 @@ class SpatialPGD(SpatialSearch):
         (True, 18)
         >>> from advspatial import AffineBox
         >>> affine = SpatialPGD(model, space=AffineBox(scale=(0.8, 1.2), shear=10))
-        >>> [round(step, 4) for step in affine.step_size]
-        [15.0, 1.5, 1.5, 0.1, 5.0, 5.0]
+        >>> tuple(round(step, 4) for step in affine.step_size)
+        (15.0, 1.5, 1.5, 0.1, 5.0, 5.0)
     """
 
     def __init__(

@@ -81,8 +81,14 @@ class GridSearch(SpatialSearch):
         space: the parameter space (default ``RotoTranslationBox(30, 3)``).
         steps: one count per axis of the space; default :func:`default_steps` (``(31, 5, 5)``, plus
             3 per affine axis with a range).
-        selection, early_exit, interpolation, padding, chunk_size, autocast, task: as for
-            :class:`GridSearchRotoTranslation`.
+        selection: ``"engstrom"`` or ``"max_loss"`` (see :class:`WorstOfK`).
+        early_exit: accuracy only: stop scoring an image once some candidate fools the model
+            (``result.correct`` stays exact).
+        interpolation: ``"bilinear"`` or ``"nearest"``.
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
+        autocast: dtype for ``torch.autocast`` during scoring, or ``None``.
+        task: what candidates are scored against (:mod:`advspatial.tasks`); default classification.
 
     Example:
         >>> from advspatial import AffineBox
