@@ -188,3 +188,33 @@ def test_invariance_loss_takes_an_affine_attack_and_replays_affine_rows(model, b
     rows = BOX.sample((6,), generator=torch.Generator().manual_seed(2))
     replayed = loss_fn(images, labels, params=rows)
     assert bool(torch.isfinite(replayed))
+
+
+def test_sweeps_search_the_affine_box(model) -> None:
+    from torch.utils.data import TensorDataset
+
+    from advspatial.evaluation import robustness_sweep, worst_of_k_accuracy
+
+    data = TensorDataset(
+        torch.rand(5, 1, 12, 12, generator=torch.Generator().manual_seed(9)), torch.arange(5)
+    )
+    results = robustness_sweep(
+        model, data, scale=(0.8, 1.25), shear=(10, 5), rotations=3, translations=1, pgd_steps=1, k=2
+    )
+    for name in ("random", "worst_of_2", "grid", "first_order"):
+        assert results[name].params.shape == (5, 6), name
+    assert results["grid"].exhaustive_evaluations == 5 * 3 * 27
+    assert results["natural"].params.shape == (5, 3)
+    plain = robustness_sweep(model, data, rotations=3, translations=1, pgd_steps=1, k=2)
+    assert plain["grid"].params.shape == (5, 3)
+    # Keyed draws: the affine worst-of-k picks the same rows whatever the batch size.
+    space = AffineBox(scale=(0.8, 1.25), shear=10)
+    small = worst_of_k_accuracy(
+        model, data, k=3, space=space, generator=torch.Generator().manual_seed(1), batch_size=2
+    )
+    large = worst_of_k_accuracy(
+        model, data, k=3, space=space, generator=torch.Generator().manual_seed(1), batch_size=5
+    )
+    assert torch.equal(small.params, large.params)
+    with pytest.raises(AdvSpatialError, match="scale"):
+        robustness_sweep(model, data, scale=(1.2, 0.8))
