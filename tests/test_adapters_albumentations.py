@@ -296,3 +296,28 @@ def test_keypoints_follow_an_affine_row_like_albumentations_affine() -> None:
         torch.tensor([[[4.5, 5.5]]], dtype=torch.float64), row[None].double(), (SIZE, SIZE)
     )
     np.testing.assert_allclose(out["keypoints"][0][:2], moved[0, 0].numpy() - 0.5, atol=1e-4)
+
+
+def test_dataloader_workers_draw_distinct_candidates_from_a_seeded_pipeline() -> None:
+    """Workers hold copies of albumentations' random state; the worker seed keeps their draws apart."""
+    model = tiny_model()
+    model.share_memory()
+    image = np.random.default_rng(9).random((SIZE, SIZE, 1)).astype(np.float32)
+    pipeline = A.Compose([SpatialSearchAlbumentations(WorstOfK(model, k=1))], seed=3)
+
+    class Same(torch.utils.data.Dataset[np.ndarray]):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> np.ndarray:
+            return pipeline(image=image, label=1)["image"]
+
+    def run() -> list[np.ndarray]:
+        loader = torch.utils.data.DataLoader(
+            Same(), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(1)
+        )
+        return [np.asarray(x) for x in loader]
+
+    first, again = run(), run()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # seeded: reproducible
+    assert not np.array_equal(first[0], first[1])  # items 0 and 1 come from different workers

@@ -32,6 +32,13 @@ def test_quick_demo_prints_the_table_and_writes_the_plots(tmp_path: Path) -> Non
         if line.startswith("| standard") or line.startswith("| worst")
     ]
     assert len(lines) == 3
+    streamed = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert [line.split(":")[0] for line in streamed] == [
+        "[1/3] standard",
+        "[2/3] worst-of-10",
+        "[3/3] worst-of-10 + KL regularizer",
+    ]
+    assert result.stdout.index(streamed[-1]) < result.stdout.index("| training |")
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
         natural, random, worst, grid = (float(c) for c in cells[1:5])

@@ -211,6 +211,7 @@ def test_mismatched_weights_name_the_layers(workspace: Path) -> None:
 def test_benchmark_quick_prints_the_ratio_table(tmp_path: Path) -> None:
     result = advspatial("benchmark", "--quick", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "one round after a warm-up" in result.stdout and "1 rounds" not in result.stdout
     rows = [
         line for line in result.stdout.splitlines() if line.startswith("| worst") or line.startswith("| grid")
     ]

@@ -127,7 +127,7 @@ def test_search_accuracy_checks_its_arguments(model, data) -> None:
         search_accuracy(model, loader, "grid")  # type: ignore[arg-type]
     with pytest.raises(AdvSpatialError, match="same model"):
         search_accuracy(model, loader, WorstOfK(TinyCNN(), k=2))
-    with pytest.raises(AdvSpatialError, match=r"\(images, labels\) pairs"):
+    with pytest.raises(AdvSpatialError, match=r"\(images, targets\) pairs"):
         natural_accuracy(model, [torch.rand(2, 1, 12, 12)])
     with pytest.raises(AdvSpatialError, match="labels must have shape"):
         natural_accuracy(model, [(torch.rand(2, 1, 12, 12), torch.zeros(3, dtype=torch.long))])

@@ -25,6 +25,7 @@ import pickle
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from advspatial import __version__
+from advspatial.cli.progress import RemainingWork, say, with_pass_callback
+from advspatial.cli.segmentation_folder import SegmentationFolder, check_segmentation_fit
 from advspatial.distributed.context import (
     DistributedContext,
     barrier,
@@ -45,8 +48,9 @@ from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
 from advspatial.evaluation.sweeps import affine_space, robustness_sweep
 from advspatial.strategies.grid import default_steps
+from advspatial.tasks import Classification, Segmentation, Task
 
-__all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset"]
+__all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset", "stratified_indices"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -279,12 +283,45 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                 f"fetch it first, e.g. torchvision.datasets.{name}(root, download=True)"
             ) from error
         info = {"source": "torchvision", "dataset": name, "path": str(root), "split": args.split}
-    if args.limit is not None:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = Subset(dataset, stratified_indices(_targets(dataset), args.limit))
     if len(dataset) == 0:
         raise AdvSpatialError("the dataset holds no images")
     info["images"] = len(dataset)
     return dataset, info
+
+
+def stratified_indices(labels: Sequence[int], count: int) -> list[int]:
+    """``count`` indices into ``labels`` with every class in proportion to its size, deterministically.
+
+    The indices are sorted by class (stably), ``count`` evenly spaced positions are taken from that
+    order, and the result is returned in dataset order. Each class gets its share of ``count`` to
+    within one image, spread over the class rather than its first images; with fewer picks than
+    classes, the smaller classes may get none.
+
+    Example:
+        >>> stratified_indices([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2], 6)
+        [1, 3, 5, 7, 9, 11]
+        >>> stratified_indices([0, 1, 0, 1, 0, 1], 2)
+        [2, 3]
+    """
+    order = sorted(range(len(labels)), key=lambda index: int(labels[index]))
+    count = min(count, len(order))
+    return sorted(order[(2 * i + 1) * len(order) // (2 * count)] for i in range(count))
+
+
+def _targets(dataset: Any) -> Sequence[int]:
+    """The dataset's class per item (``targets`` of ImageFolder, MNIST, CIFAR), without decoding images.
+
+    A dataset without a ``targets`` list of its length counts as one class, so ``--limit`` takes
+    evenly spaced images from it.
+    """
+    targets = getattr(dataset, "targets", None)
+    if isinstance(targets, torch.Tensor):
+        targets = targets.tolist()
+    if isinstance(targets, Sequence) and len(targets) == len(dataset):
+        return targets
+    return [0] * len(dataset)
 
 
 def _count(minimum: int) -> Any:
@@ -321,6 +358,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "--weights is required (a state dict file: torch.save(model.state_dict(), file)); pass "
             "--random-weights to evaluate the factory's freshly initialised model on purpose"
         )
+    if args.task == "segmentation" and (args.image_folder is None or args.mask_folder is None):
+        raise AdvSpatialError(
+            "--task segmentation needs --image-folder (the images) and --mask-folder (a <name>.png mask "
+            "of class indices per image)"
+        )
+    if args.mask_folder is not None and args.task != "segmentation":
+        raise AdvSpatialError("--mask-folder is read with --task segmentation only")
+    if not 0.0 <= args.min_pixel_accuracy <= 1.0:
+        raise AdvSpatialError(f"--min-pixel-accuracy must be in [0, 1], got {args.min_pixel_accuracy:g}")
     if args.weights is not None and args.random_weights:
         raise AdvSpatialError("--weights and --random-weights exclude each other; pass one of them")
     if not math.isfinite(args.max_rotation) or not 0.0 <= args.max_rotation <= 180.0:
@@ -380,6 +426,33 @@ def _channel_hint(text: str, args: argparse.Namespace) -> str:
     return f"; the model expects {expected} channels and the images have {got}"
 
 
+def _task(args: argparse.Namespace) -> Task:
+    if args.task == "segmentation":
+        return Segmentation(ignore_index=args.ignore_index, min_pixel_accuracy=args.min_pixel_accuracy)
+    return Classification()
+
+
+def _open_segmentation(args: argparse.Namespace) -> tuple[SegmentationFolder, dict[str, Any]]:
+    """The ``--image-folder`` / ``--mask-folder`` pairs (``--limit``: evenly spaced, deterministic)."""
+    dataset = SegmentationFolder(
+        Path(args.image_folder),
+        Path(args.mask_folder),
+        _transform(args.resize, args.grayscale),
+        args.resize,
+        _IMAGE_SUFFIXES,
+    )
+    if args.limit is not None and args.limit < len(dataset):
+        step = len(dataset) / args.limit
+        dataset.pairs = [dataset.pairs[int(i * step)] for i in range(args.limit)]
+    info = {
+        "source": "segmentation_folders",
+        "path": str(args.image_folder),
+        "masks": str(args.mask_folder),
+        "images": len(dataset),
+    }
+    return dataset, info
+
+
 def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args: argparse.Namespace) -> None:
     """Score one image before the sweep: channels, size, output shape and the number of classes."""
     image = dataset[0][0]
@@ -432,10 +505,17 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
     if args.weights is not None:
         load_weights(model, args.weights)
     model.to(device).eval()
-    dataset, data_info = open_dataset(args)
-    _check_model_fits(model, dataset, data_info, args)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    task = _task(args)
+    if isinstance(task, Segmentation):
+        dataset, data_info = _open_segmentation(args)
+        check_segmentation_fit(model, dataset, task)
+    else:
+        dataset, data_info = open_dataset(args)
+        _check_model_fits(model, dataset, data_info, args)
+    loader: Any = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     progress = not args.no_progress
+    if progress and context is None:
+        loader = _with_estimates(loader, args, len(dataset))
     affine = _affine_steps(args)
     space = {"max_rotation": args.max_rotation, "max_translation": args.max_translation}
     sweep = {
@@ -450,8 +530,13 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         **space,
     }
     try:  # under torchrun each call shards the data and returns the whole result on every rank
-        results = robustness_sweep(model, loader, **sweep)
-        profile = rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+        results = robustness_sweep(model, loader, task=task, **sweep)
+        # The rotation profile and the landscape are classification metrics (predicted classes).
+        profile = (
+            rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+            if isinstance(task, Classification)
+            else None
+        )
         if context is not None and not context.is_main:
             return 0
     except RuntimeError as error:
@@ -468,9 +553,10 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
             + (f", scale {args.scale[0]:g}-{args.scale[1]:g}, shear +-{args.shear:g}" if affine else ""),
         ),
         "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
-        "rotation_profile": profile.save_plot(output / "rotation_profile.png", label=args.model),
     }
-    count = min(args.landscape_images, len(dataset))
+    if profile is not None:
+        plots["rotation_profile"] = profile.save_plot(output / "rotation_profile.png", label=args.model)
+    count = min(args.landscape_images, len(dataset)) if profile is not None else 0
     if count > 0:
         images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
         landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
@@ -494,20 +580,69 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
             "pgd_steps": args.pgd_steps,
             "seed": args.seed,
         },
+        "task": repr(task),
         "accuracy": {name: result.to_dict(per_sample=False)["accuracy"] for name, result in results.items()},
+        "metrics": {name: result.to_dict(per_sample=False)["metrics"] for name, result in results.items()},
         "results": {name: result.to_dict() for name, result in results.items()},
-        "labels": results["natural"].labels.tolist(),
-        "rotation_profile": profile.to_dict(),
+        **({"labels": results["natural"].labels.tolist()} if profile is not None else {}),
+        **({"rotation_profile": profile.to_dict()} if profile is not None else {}),
         "plots": {name: path.name for name, path in plots.items()},
         "seconds": time.perf_counter() - start,
     }
     report_path = output / "report.json"
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'attack':<12} accuracy")
-    for name, result in results.items():
-        print(f"{name:<12} {100 * result.accuracy:6.1f} %")
+    if isinstance(task, Segmentation):
+        threshold = f"(robust: pixel accuracy >= {task.min_pixel_accuracy:g} on every candidate)"
+        print(f"{'attack':<12} {'mIoU':>7} {'robust':>8}  {threshold}")
+        for name, result in results.items():
+            print(f"{name:<12} {100 * result.metrics['miou']:6.1f} % {100 * result.accuracy:6.1f} %")
+    else:
+        print(f"{'attack':<12} accuracy")
+        for name, result in results.items():
+            print(f"{name:<12} {100 * result.accuracy:6.1f} %")
     print(f"Report written to {report_path}; plots: {', '.join(p.name for p in plots.values())}")
     return 0
+
+
+def _with_estimates(loader: DataLoader[Any], args: argparse.Namespace, images: int) -> Any:
+    """Print the plan, then after each pass over ``loader`` the time spent and an estimate of what is left.
+
+    The passes are those of ``robustness_sweep`` (natural, random, worst-of-k, grid, first-order, in
+    this order) and of the rotation profile, weighted by forward evaluations per image. The grid's
+    early exit makes its cost unknown in advance (one to all of its candidates per image): until it
+    is done the estimate is a range, measured at the pace of the passes of known cost.
+    """
+    grid = args.grid_rotations * args.grid_translations**2
+    pgd = 3 * args.pgd_steps + 1  # a forward and a backward pass per step, every iterate scored
+    grid_name = f"grid {args.grid_rotations} x {args.grid_translations} x {args.grid_translations}"
+    per_image: list[tuple[str, int, int]] = [  # (pass, least, most forward evaluations per image)
+        ("natural", 1, 1),
+        ("random", 1, 1),
+        (f"worst-of-{args.k}", args.k, args.k),
+        (grid_name, 1, grid),
+        (f"first-order ({args.pgd_steps} steps)", pgd, pgd),
+        ("rotation profile", 31, 31),
+    ][: 6 if args.task == "classification" else 5]  # no rotation profile for segmentation
+    stages = [(name, float(images * least), float(images * most)) for name, least, most in per_image]
+    work = RemainingWork(stages)
+    least = sum(images * stage[1] for stage in per_image)
+    most = sum(images * stage[2] for stage in per_image)
+    names = ", ".join(stage[0] for stage in per_image)
+    say(
+        f"advspatial evaluate: {images} images, {len(stages)} passes ({names}): "
+        f"{least}-{most} forward evaluations (the grid's early exit decides); "
+        "a time estimate follows each pass",
+        file=sys.stderr,
+    )
+    return with_pass_callback(loader, lambda: say(work.finish(), file=sys.stderr))
+
+
+_EPILOG = """example:
+  advspatial evaluate --model my_package.models:build --weights model.pt \\
+      --image-folder data/val --resize 32 --output report/
+
+The factory is called with no arguments (wrap one that needs arguments in a function or
+functools.partial in your module); report.json and the plots go to --output."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -515,25 +650,51 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "evaluate",
         help="measure a model's spatial robustness on an image folder or a torchvision dataset",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="package.module:factory returning an nn.Module")
-    parser.add_argument("--weights", help="state dict file (torch.save(model.state_dict(), file)); required")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="package.module:factory; factory() (no arguments) returns the nn.Module",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state dict file (torch.save(model.state_dict(), file)); required unless --random-weights",
+    )
     parser.add_argument(
         "--random-weights",
         action="store_true",
         help="evaluate the factory's model as initialised, without --weights (on purpose)",
     )
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--image-folder", help="folder in ImageFolder layout: <folder>/<class>/<image>")
-    data.add_argument("--dataset", help="torchvision dataset class already on disk, e.g. MNIST, CIFAR10")
-    parser.add_argument("--root", default=".", help="root folder of --dataset (default .)")
-    parser.add_argument("--split", default="test", choices=["train", "test"], help="split of --dataset")
-    parser.add_argument("--resize", type=_count(1), help="resize images to N x N")
+    data.add_argument(
+        "--image-folder", metavar="FOLDER", help="folder in ImageFolder layout: <folder>/<class>/<image>"
+    )
+    data.add_argument(
+        "--dataset", metavar="NAME", help="torchvision dataset class already on disk, e.g. MNIST, CIFAR10"
+    )
+    parser.add_argument("--root", default=".", metavar="FOLDER", help="root folder of --dataset (default .)")
+    parser.add_argument(
+        "--split", default="test", choices=["train", "test"], help="split of --dataset (default test)"
+    )
+    parser.add_argument("--resize", type=_count(1), metavar="N", help="resize images to N x N")
     parser.add_argument("--grayscale", action="store_true", help="convert images to one channel")
-    parser.add_argument("--limit", type=_count(1), help="evaluate the first N images only")
-    parser.add_argument("--max-rotation", type=float, default=30.0, help="degrees (default 30)")
-    parser.add_argument("--max-translation", type=float, default=3.0, help="pixels (default 3)")
+    parser.add_argument(
+        "--limit",
+        type=_count(1),
+        metavar="N",
+        help="evaluate N images only: a class-stratified subset, the same on every run",
+    )
+    parser.add_argument(
+        "--max-rotation", type=float, metavar="DEGREES", default=30.0, help="degrees (default 30)"
+    )
+    parser.add_argument(
+        "--max-translation", type=float, metavar="PIXELS", default=3.0, help="pixels (default 3)"
+    )
     parser.add_argument(
         "--scale",
         type=float,
@@ -544,22 +705,69 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "the affine box and the grid gets 3 points per scale / shear axis",
     )
     parser.add_argument(
-        "--shear", type=float, default=0.0, help="shear half-width in degrees on both axes, <= 60 (default 0)"
+        "--shear",
+        type=float,
+        metavar="DEGREES",
+        default=0.0,
+        help="shear half-width in degrees on both axes, <= 60 (default 0)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="what the model predicts (default classification); segmentation reads --mask-folder",
+    )
+    parser.add_argument(
+        "--mask-folder",
+        metavar="FOLDER",
+        help="with --task segmentation: <image name>.png masks of class indices, one per image",
+    )
+    parser.add_argument(
+        "--ignore-index", type=int, default=255, help="mask value that is not scored (default 255)"
+    )
+    parser.add_argument(
+        "--min-pixel-accuracy",
+        type=float,
+        default=0.9,
+        help="segmentation: a transformed image counts as right at this pixel accuracy (default 0.9)",
     )
     parser.add_argument("--k", type=_count(1), default=10, help="candidates of worst-of-k (default 10)")
-    parser.add_argument("--grid-rotations", type=_count(1), default=31, help="grid angles (default 31)")
     parser.add_argument(
-        "--grid-translations", type=_count(1), default=5, help="grid offsets per axis (default 5)"
+        "--grid-rotations", type=_count(1), metavar="N", default=31, help="grid angles (default 31)"
     )
     parser.add_argument(
-        "--pgd-steps", type=_count(0), default=5, help="steps of the first-order attack (default 5)"
+        "--grid-translations",
+        type=_count(1),
+        metavar="N",
+        default=5,
+        help="grid offsets per axis (default 5)",
     )
     parser.add_argument(
-        "--landscape-images", type=_count(0), default=3, help="images in landscape.png (default 3)"
+        "--pgd-steps",
+        type=_count(0),
+        metavar="N",
+        default=5,
+        help="steps of the first-order attack (default 5)",
     )
-    parser.add_argument("--batch-size", type=_count(1), default=128)
+    parser.add_argument(
+        "--landscape-images",
+        type=_count(0),
+        metavar="N",
+        default=3,
+        help="images in landscape.png (default 3)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_count(1), default=128, metavar="N", help="images per batch (default 128)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="advspatial-report", help="folder for report.json and the plots")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", default=0, help="seed of the random draws (default 0)"
+    )
+    parser.add_argument(
+        "--output",
+        default="advspatial-report",
+        metavar="FOLDER",
+        help="folder for report.json and the plots (default ./advspatial-report)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars and no time estimates")
     parser.set_defaults(handler=_main)

@@ -4,11 +4,13 @@ from advspatial.engine.chunking import default_chunk_size
 from advspatial.engine.model_state import scoring_mode, unwrap_model
 from advspatial.engine.objectives import select_worst
 from advspatial.engine.search import Scores, ScoringConfig, score_candidates
+from advspatial.engine.tuning import forget_chunk_tunings
 
 __all__ = [
     "Scores",
     "ScoringConfig",
     "default_chunk_size",
+    "forget_chunk_tunings",
     "score_candidates",
     "scoring_mode",
     "select_worst",

@@ -11,6 +11,7 @@ from torch import Tensor
 from advspatial.errors import AdvSpatialError, choice
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.tasks.base import Task
+from advspatial.tasks.penalties import _wide
 
 __all__ = ["BoxRegression", "KeypointRegression"]
 
@@ -48,7 +49,7 @@ def _check_regression_outputs(outputs: object, shape: tuple[int | str, ...], wha
         raise AdvSpatialError(
             "model output contains NaN or infinite values; the search cannot rank candidates"
         )
-    return outputs.float()
+    return _wide(outputs)
 
 
 def _overlap(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,6 +144,20 @@ class BoxRegression(Task):
             loss = F.smooth_l1_loss(outputs, safe, reduction="none", beta=1.0).mean(dim=1)
         correct = (box_iou(outputs, safe) >= self.min_iou) | ~valid
         return torch.where(valid, loss, torch.zeros_like(loss)).float(), correct
+
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``(N, 1)`` IoU with the (moved) target box, ``nan`` where the box was dropped."""
+        valid = torch.isfinite(targets).all(dim=1)
+        iou = box_iou(outputs, torch.where(valid[:, None], targets, outputs))
+        return torch.where(valid, iou, torch.full_like(iou, math.nan))[:, None]
+
+    def summarize(self, statistics: Tensor) -> dict[str, float]:
+        """``mean_iou`` over boxes in frame and ``iou_rate``: the share with IoU >= ``min_iou``."""
+        iou = statistics[:, 0]
+        iou = iou[torch.isfinite(iou)]
+        if not iou.numel():
+            return {"mean_iou": float("nan"), "iou_rate": float("nan")}
+        return {"mean_iou": float(iou.mean()), "iou_rate": float((iou >= self.min_iou).float().mean())}
 
     def reference(self, outputs: Tensor) -> Tensor:
         boxes = outputs.float()
@@ -242,6 +257,18 @@ class KeypointRegression(Task):
 
     def reference(self, outputs: Tensor) -> Tensor:
         return outputs.float()
+
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``(N, 2)``: summed distance over visible points and their number."""
+        visible = torch.isfinite(targets).all(dim=-1)
+        safe = torch.where(visible[..., None], targets, outputs)
+        distance = (outputs - safe).norm(dim=-1) * visible
+        return torch.stack([distance.sum(dim=1), visible.sum(dim=1).to(distance.dtype)], dim=1)
+
+    def summarize(self, statistics: Tensor) -> dict[str, float]:
+        """``mean_distance`` in pixels over every visible point of the dataset."""
+        total, count = statistics.double().sum(dim=0)
+        return {"mean_distance": float(total / count) if count > 0 else float("nan")}
 
     def penalty(
         self, clean: Tensor, transformed: Tensor, params: Tensor, size: tuple[int, int], regularizer: str
