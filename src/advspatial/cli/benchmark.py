@@ -21,8 +21,9 @@ from advspatial.cli.benchmark_cost import BARE_BATCH_SIZES, BestBareCost, measur
 from advspatial.cli.benchmark_suite import add_arguments, run_suite
 from advspatial.cli.evaluate import _count, _device
 from advspatial.errors import AdvSpatialError
-from advspatial.models import SmallCNN, resnet18_cifar
+from advspatial.models import SmallCNN, UNet, resnet18_cifar
 from advspatial.strategies import GridSearchRotoTranslation, WorstOfK
+from advspatial.tasks import Segmentation
 
 __all__ = ["BenchmarkCase", "add_parser", "cases", "format_costs", "run_benchmark"]
 
@@ -36,10 +37,24 @@ class BenchmarkCase:
     shape: tuple[int, int, int, int]
     search: Callable[[nn.Module], WorstOfK | GridSearchRotoTranslation]
     sizes: tuple[int, ...] = BARE_BATCH_SIZES
+    classes: int = 10
+    dense: bool = False  # per-pixel targets (B, H, W) instead of labels (B,)
 
 
 def _worst_of_10(model: nn.Module) -> WorstOfK:
     return WorstOfK(model, k=10, generator=torch.Generator().manual_seed(0))
+
+
+def _segmentation_worst_of_10(model: nn.Module) -> WorstOfK:
+    return WorstOfK(model, k=10, generator=torch.Generator().manual_seed(0), task=Segmentation())
+
+
+def _segmentation_grid(model: nn.Module) -> GridSearchRotoTranslation:
+    return GridSearchRotoTranslation(model, task=Segmentation())
+
+
+def _unet() -> nn.Module:
+    return UNet(in_channels=1, num_classes=11)
 
 
 def _torchvision(name: str) -> Callable[[], nn.Module]:
@@ -59,9 +74,10 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 
 
 def cases(quick: bool) -> list[BenchmarkCase]:
-    """The benchmark cases: the digits CNN (28 x 28), ResNet-18 (32 x 32), ResNet-50 (64 x 64) and
-    ResNet-18 (224 x 224), each with worst-of-10 and the exhaustive 775-point grid; ``quick``: the
-    digits CNN only, small batches (seconds on a CPU)."""
+    """The benchmark cases: the digits CNN (28 x 28), ResNet-18 (32 x 32), ResNet-50 (64 x 64),
+    ResNet-18 (224 x 224) and a segmentation U-Net (64 x 64, masks moved with every candidate), each
+    with worst-of-10 and the exhaustive 775-point grid; ``quick``: the digits CNN only, small batches
+    (seconds on a CPU)."""
     grid = GridSearchRotoTranslation
     if quick:
         return [
@@ -81,6 +97,22 @@ def cases(quick: bool) -> list[BenchmarkCase]:
         BenchmarkCase("grid 775, ResNet-50 64x64, B=1", resnet50, (1, 3, 64, 64), grid),
         BenchmarkCase("worst-of-10, ResNet-18 224x224, B=4", resnet18, (4, 3, 224, 224), _worst_of_10, small),
         BenchmarkCase("grid 775, ResNet-18 224x224, B=1", resnet18, (1, 3, 224, 224), grid, small),
+        BenchmarkCase(
+            "segmentation worst-of-10, U-Net 64x64, B=16",
+            _unet,
+            (16, 1, 64, 64),
+            _segmentation_worst_of_10,
+            classes=11,
+            dense=True,
+        ),
+        BenchmarkCase(
+            "segmentation grid 775, U-Net 64x64, B=1",
+            _unet,
+            (1, 1, 64, 64),
+            _segmentation_grid,
+            classes=11,
+            dense=True,
+        ),
     ]
 
 
@@ -94,8 +126,9 @@ def run_benchmark(
         model = case.model().to(device).eval()
         generator = torch.Generator().manual_seed(0)
         images = torch.rand(case.shape, generator=generator).to(device)
-        labels = torch.randint(0, 10, (case.shape[0],), generator=generator).to(device)
-        cost = measure_against_best_bare(case.search(model), images, labels, rounds=rounds, sizes=case.sizes)
+        target_shape = (case.shape[0], *case.shape[2:]) if case.dense else (case.shape[0],)
+        targets = torch.randint(0, case.classes, target_shape, generator=generator).to(device)
+        cost = measure_against_best_bare(case.search(model), images, targets, rounds=rounds, sizes=case.sizes)
         rows.append((case, cost))
     return rows
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from advspatial.engine.model_state import scoring_mode, unwrap_model
 from advspatial.engine.tuning import chunk_tuner, forget_chunk_tunings
-from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
+from advspatial.errors import AdvSpatialError, check_images, positive_int
 from advspatial.geometry.warp import roto_translate
 from advspatial.strategies.grid import GridSearch
 from advspatial.strategies.worst_of_k import WorstOfK
@@ -107,7 +107,8 @@ def measure_against_best_bare(
         search: a :class:`advspatial.WorstOfK` or an exhaustive
             :class:`advspatial.GridSearch` (early exit would skip pairs), roto-translation or affine.
         images: ``(B, C, H, W)`` on the model's device.
-        labels: ``(B,)`` class indices.
+        labels: the search task's targets (``(B,)`` class indices; ``(B, H, W)`` masks for
+            segmentation).
         rounds: alternating rounds; the fastest time of each side counts.
         sizes: bare batch sizes to try (see :func:`bare_batch_sizes`).
         max_tuning_searches: stop waiting for the tuner after this many searches.
@@ -120,7 +121,7 @@ def measure_against_best_bare(
         (32, [16, 32], True)
     """
     images = check_images(images)
-    labels = check_labels(labels, images.shape[0], images.device)
+    labels = search.task.check_targets(labels, images)
     rounds = positive_int(rounds, "rounds")
     if isinstance(search, WorstOfK):
         candidates = search.sample(images.shape[0], images.device, torch.Generator().manual_seed(0))
