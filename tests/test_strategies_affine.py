@@ -218,3 +218,14 @@ def test_sweeps_search_the_affine_box(model) -> None:
     assert torch.equal(small.params, large.params)
     with pytest.raises(AdvSpatialError, match="scale"):
         robustness_sweep(model, data, scale=(1.2, 0.8))
+
+
+def test_invariance_loss_ranks_an_affine_grid_by_the_regularizer(model, batch) -> None:
+    from advspatial import InvarianceRegularizedLoss
+
+    images, labels = batch
+    grid = GridSearch(model, space=BOX, steps=(3, 1, 1, 3, 1, 1))
+    loss_fn = InvarianceRegularizedLoss(model, grid, regularizer="l2", attack_objective="regularizer")
+    loss = loss_fn(images, labels)
+    assert bool(torch.isfinite(loss))
+    assert loss_fn.last is not None
