@@ -23,7 +23,14 @@ from advspatial.errors import AdvSpatialError
 from advspatial.geometry.warp import _warp
 from advspatial.tasks import Classification, Task
 
-__all__ = ["CandidateObjective", "Scores", "ScoringConfig", "prepare_targets", "score_candidates"]
+__all__ = [
+    "CandidateObjective",
+    "Scores",
+    "ScoringConfig",
+    "model_outputs",
+    "prepare_targets",
+    "score_candidates",
+]
 
 CandidateObjective = Callable[[Tensor, Tensor], Tensor]
 """A custom per-pair objective ``(outputs (N, ...) float32, rows (N,) long) -> (N,)``."""
@@ -106,18 +113,22 @@ class _Scorer:
         if targets is not None:
             self.targets = Targets(self.task, targets, labelled=True)
             return self.targets
-        batch = self.images.shape[0]
-        references: list[Tensor] = []
+        references = self.outputs(self.task.reference)
+        self.evaluations += self.images.shape[0]
+        self.targets = Targets(self.task, references, labelled=False)
+        return self.targets
+
+    def outputs(self, then: Callable[[Tensor], Tensor] = lambda outputs: outputs) -> Tensor:
+        """``then`` of the checked outputs on the untransformed images, in chunks, as a normal tensor."""
+        parts: list[Tensor] = []
 
         def clean(start: int, stop: int) -> None:
             with torch.inference_mode(), self.config.autocast_context(self.images.device):
                 outputs = self.task.check_outputs(self.net(self.images[start:stop]), stop - start, self.size)
-                references.append(self.task.reference(outputs))
+                parts.append(then(outputs))
 
-        self._chunks(batch, clean, timed=False)
-        self.evaluations += batch
-        self.targets = Targets(self.task, torch.cat(references), labelled=False)  # a normal tensor
-        return self.targets
+        self._chunks(self.images.shape[0], clean, timed=False)
+        return torch.cat(parts)  # outside inference_mode: a normal tensor, usable by autograd
 
     def _forward(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
         assert self.targets is not None
@@ -154,6 +165,26 @@ def _custom_objective(objective: CandidateObjective, outputs: Tensor, rows: Tens
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise AdvSpatialError(f"objective must return a tensor of shape ({rows.shape[0]},), got {shape}")
     return loss.float()
+
+
+def model_outputs(
+    model: nn.Module, images: Tensor, task: Task, config: ScoringConfig = ScoringConfig()
+) -> Tensor:
+    """The model's outputs on ``images``, checked by ``task``, in chunks with out-of-memory back-off.
+
+    In eval mode under ``torch.inference_mode``; the model is left exactly as it was. Every forward
+    pass of the library that needs no gradient goes through here or through :func:`score_candidates`.
+
+    Example:
+        >>> from advspatial.tasks import Classification
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> model_outputs(model, torch.rand(5, 1, 2, 2), Classification()).shape
+        torch.Size([5, 3])
+    """
+    if images.shape[0] == 0:
+        raise AdvSpatialError("images must hold at least one image to run the model on, got 0")
+    with scoring_mode(model) as net:
+        return _Scorer(net, images, images.new_zeros(0, 3), config, task).outputs()
 
 
 def prepare_targets(
