@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from advspatial import GridSearchRotoTranslation, WorstOfK
+from advspatial import AffineBox, GridSearchRotoTranslation, WorstOfK
 from advspatial.cli.benchmark import BenchmarkCase, cases
 from advspatial.cli.benchmark_cost import BestBareCost, measure_against_best_bare
 from advspatial.models import resnet18_cifar
@@ -116,6 +116,26 @@ def test_resnet18_variants_against_best_bare(benchmark, device, variant: str) ->
             rounds=ROUNDS,
         )
         record(name, "bare forward, float32 / bfloat16", f"{full / mixed:.2f}")
+
+
+def test_worst_of_10_affine_resnet18_against_best_bare(benchmark, device) -> None:  # type: ignore[no-untyped-def]
+    """ResNet-18 32x32 worst-of-10 over ``AffineBox(30, 3, scale=(0.8, 1.2), shear=10)`` (issue 13: <= 1.10).
+
+    Six-column rows cost the same warp as three-column ones; the ratio should match the
+    roto-translation case of ``test_search_against_best_bare``.
+    """
+    batch = 8 if QUICK else 32
+    torch.manual_seed(0)
+    model = resnet18_cifar().to(device).eval()
+    images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
+    space = AffineBox(max_rotation=30, max_translation=3, scale=(0.8, 1.2), shear=10)
+    search = WorstOfK(model, k=10, space=space, generator=torch.Generator().manual_seed(0))
+    sizes = (16, 64) if QUICK else (16, 32, 64, 128, 256, 512)
+    cost = measure_against_best_bare(search, images, labels, rounds=ROUNDS, sizes=sizes)
+    benchmark.pedantic(lambda: search.search(images, labels), rounds=1, warmup_rounds=0)
+    benchmark.extra_info.update({"search_s": cost.search_seconds, "ratio": cost.ratio})
+    record_cost(f"worst-of-10 affine (scale 0.8-1.2, shear 10), ResNet-18 32x32, B={batch}", cost)
 
 
 def test_grid_early_exit_saving(benchmark, device, early_exit_models) -> None:  # type: ignore[no-untyped-def]

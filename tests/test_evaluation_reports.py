@@ -346,3 +346,14 @@ def test_worst_of_k_scores_the_candidates_it_is_given(model) -> None:
             attack.search(images, labels, candidates=bad)  # type: ignore[arg-type]
     with pytest.raises(AdvSpatialError, match="either candidates or generator"):
         attack.search(images, labels, candidates=table, generator=torch.Generator())
+
+
+def test_search_cost_takes_affine_searches(model) -> None:
+    from advspatial import AffineBox, GridSearch
+
+    images, labels = torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])
+    space = AffineBox(scale=(0.8, 1.2), shear=10)
+    grid = GridSearch(model, space=space, steps=(3, 1, 1, 3, 1, 1))
+    assert measure_against_best_bare(grid, images, labels, rounds=1, sizes=(16,)).evaluations == 4 * 9
+    worst = WorstOfK(model, k=3, space=space)
+    assert measure_against_best_bare(worst, images, labels, rounds=1, sizes=(16,)).evaluations == 4 * 3

@@ -210,26 +210,32 @@ def check_clip(clip: object) -> tuple[float, float] | None:
     return float(clip[0]), float(clip[1])
 
 
-def check_candidates(candidates: object, batch: int, name: str = "candidates") -> Tensor:
-    """Check that ``candidates`` is a float ``(batch, K, 3)`` tensor of finite rows, ``K >= 1``."""
+def check_candidates(candidates: object, batch: int, name: str = "candidates", columns: int = 3) -> Tensor:
+    """Check that ``candidates`` is a float ``(batch, K, columns)`` tensor of finite rows, ``K >= 1``.
+
+    ``columns`` is 3 for roto-translation rows, 6 for affine rows (the search's space decides).
+    """
+    shape = f"({batch}, K, {columns})"
     if not isinstance(candidates, Tensor):
         raise AdvSpatialError(
-            f"{name} must be a torch.Tensor of shape ({batch}, K, 3), got {type(candidates).__name__}"
+            f"{name} must be a torch.Tensor of shape {shape}, got {type(candidates).__name__}"
         )
     if (
         candidates.ndim != 3
         or candidates.shape[0] != batch
-        or candidates.shape[2] != 3
+        or candidates.shape[2] != columns
         or not candidates.shape[1]
     ):
         raise AdvSpatialError(
-            f"{name} must have shape ({batch}, K, 3) with K >= 1 rows (angle_degrees, tx_pixels, ty_pixels) "
+            f"{name} must have shape {shape} with K >= 1 rows {PARAM_COLUMNS[columns]} "
             f"per image, got {tuple(candidates.shape)}"
         )
     if not candidates.is_floating_point():
         raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {candidates.dtype}")
     if candidates.numel() and not bool(torch.isfinite(candidates.detach()).all()):
         raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
+    if columns == 6:
+        check_params(candidates.reshape(-1, 6), candidates.shape[0] * candidates.shape[1], name, (6,))
     return candidates
 
 

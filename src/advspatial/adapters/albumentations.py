@@ -24,6 +24,7 @@ from advspatial.adapters._workers import (
     scoring_images,
 )
 from advspatial.errors import AdvSpatialError, check_labels
+from advspatial.geometry.matrices import forward_matrices
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
 from advspatial.strategies.base import SpatialSearch
@@ -318,7 +319,13 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         out = keypoints.copy()
         out[:, :2] = moved
         if out.shape[1] > _ANGLE:
-            out[:, _ANGLE] = np.mod(out[:, _ANGLE] + math.radians(float(roto[0, 0])), 2 * math.pi)
+            # As albumentations' own Affine: the angle turns by the rotation part of the matrix
+            # (the row's angle for a roto-translation), the scale grows with an affine row's zoom.
+            linear = forward_matrices(roto[:1].double(), (height, width))[0, :, :2]
+            turn = math.atan2(-float(linear[1, 0]), float(linear[0, 0]))
+            out[:, _ANGLE] = np.mod(out[:, _ANGLE] + turn, 2 * math.pi)
+        if out.shape[1] > _ANGLE + 1 and roto.shape[-1] == 6:
+            out[:, _ANGLE + 1] = out[:, _ANGLE + 1] * float(roto[0, 3])
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

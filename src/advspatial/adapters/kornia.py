@@ -202,7 +202,7 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
             applied = torch.ones(batch, dtype=torch.bool)
         rows = applied.nonzero().flatten()
         searched = rows[:1] if self.same_on_batch else rows
-        roto = torch.zeros(batch, 3, device=input.device)
+        roto = self.search.box.identity((batch,), device=input.device)  # (B, 3) or affine (B, 6)
         if searched.numel():
             index = searched.to(input.device)
             enter_worker(self.search, type(self).__name__, self._worker_seed)

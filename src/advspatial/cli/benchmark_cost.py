@@ -30,7 +30,7 @@ from advspatial.engine.model_state import scoring_mode, unwrap_model
 from advspatial.engine.tuning import chunk_tuner, forget_chunk_tunings
 from advspatial.errors import AdvSpatialError, check_images, positive_int
 from advspatial.geometry.warp import roto_translate
-from advspatial.strategies.grid import GridSearchRotoTranslation
+from advspatial.strategies.grid import GridSearch
 from advspatial.strategies.worst_of_k import WorstOfK
 
 __all__ = ["BARE_BATCH_SIZES", "BestBareCost", "bare_batch_sizes", "measure_against_best_bare"]
@@ -93,7 +93,7 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def measure_against_best_bare(
-    search: WorstOfK | GridSearchRotoTranslation,
+    search: WorstOfK | GridSearch,
     images: Tensor,
     labels: Tensor,
     *,
@@ -105,7 +105,7 @@ def measure_against_best_bare(
 
     Args:
         search: a :class:`advspatial.WorstOfK` or an exhaustive
-            :class:`advspatial.GridSearchRotoTranslation` (early exit would skip pairs).
+            :class:`advspatial.GridSearch` (early exit would skip pairs), roto-translation or affine.
         images: ``(B, C, H, W)`` on the model's device.
         labels: the search task's targets (``(B,)`` class indices; ``(B, H, W)`` masks for
             segmentation).
@@ -125,14 +125,12 @@ def measure_against_best_bare(
     rounds = positive_int(rounds, "rounds")
     if isinstance(search, WorstOfK):
         candidates = search.sample(images.shape[0], images.device, torch.Generator().manual_seed(0))
-    elif isinstance(search, GridSearchRotoTranslation) and not search.early_exit:
+    elif isinstance(search, GridSearch) and not search.early_exit:
         candidates = search.candidates.to(images.device).expand(images.shape[0], -1, -1)
     else:
-        raise AdvSpatialError(
-            f"search must be a WorstOfK or an exhaustive GridSearchRotoTranslation, got {search!r}"
-        )
+        raise AdvSpatialError(f"search must be a WorstOfK or an exhaustive GridSearch, got {search!r}")
     batch, count = candidates.shape[:2]
-    warped = roto_translate(images.repeat_interleave(count, dim=0), candidates.reshape(batch * count, 3))
+    warped = roto_translate(images.repeat_interleave(count, dim=0), candidates.reshape(batch * count, -1))
     device, autocast = images.device, search.config.autocast
 
     def bare(size: int) -> None:

@@ -47,7 +47,8 @@ from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count, 
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
-from advspatial.evaluation.sweeps import robustness_sweep
+from advspatial.evaluation.sweeps import affine_space, robustness_sweep
+from advspatial.strategies.grid import default_steps
 from advspatial.tasks import Classification, Segmentation, Task
 
 __all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset", "stratified_indices"]
@@ -393,17 +394,28 @@ def _check_arguments(args: argparse.Namespace) -> None:
             f"--max-translation must be a finite number of pixels >= 0, got {args.max_translation:g}"
         )
     candidate_count(args.k, "--k")
-    points = args.grid_rotations * args.grid_translations**2
+    affine = _affine_steps(args)
+    points = args.grid_rotations * args.grid_translations**2 * math.prod(affine)
     if points > MAX_CANDIDATES:
+        extra = "".join(f" x {n}" for n in affine)
         raise AdvSpatialError(
             f"--grid-rotations x --grid-translations^2 must be <= {MAX_CANDIDATES} grid points, got "
-            f"{args.grid_rotations} x {args.grid_translations}^2 = {points}"
+            f"{args.grid_rotations} x {args.grid_translations}^2{extra} = {points}"
         )
     _check_output(Path(args.output))
     if importlib.util.find_spec("matplotlib") is None:
         raise AdvSpatialError(
             "advspatial evaluate draws its plots with matplotlib: pip install 'advspatial[demo]'"
         )
+
+
+def _affine_steps(args: argparse.Namespace) -> tuple[int, ...]:
+    """Grid points per scale / shear axis for ``--scale`` / ``--shear`` (3 per axis with a range)."""
+    try:
+        box = affine_space(args.max_rotation, args.max_translation, tuple(args.scale), args.shear)
+    except AdvSpatialError as error:
+        raise AdvSpatialError(f"--{error}") from error
+    return () if box is None else default_steps(box)[3:]
 
 
 def _check_output(output: Path) -> None:
@@ -523,6 +535,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
     progress = not args.no_progress
     if progress and context is None:
         loader = _with_estimates(loader, args, len(dataset))
+    affine = _affine_steps(args)
     space = {"max_rotation": args.max_rotation, "max_translation": args.max_translation}
     sweep = {
         "k": args.k,
@@ -531,6 +544,8 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "pgd_steps": args.pgd_steps,
         "seed": args.seed,
         "progress": progress,
+        "scale": tuple(args.scale),
+        "shear": args.shear,
         **space,
     }
     try:  # under torchrun each call shards the data and returns the whole result on every rank
@@ -562,7 +577,9 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "attack_space": {
             **space,
             "k": args.k,
-            "grid": [args.grid_rotations, args.grid_translations, args.grid_translations],
+            "scale": list(args.scale),
+            "shear": args.shear,
+            "grid": [args.grid_rotations, args.grid_translations, args.grid_translations, *affine],
             "pgd_steps": args.pgd_steps,
             "seed": args.seed,
         },
@@ -581,7 +598,8 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "accuracy": plot_accuracies(
             {args.model: {name: result.accuracy for name, result in results.items()}},
             output / "accuracy.png",
-            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
+            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px"
+            + (f", scale {args.scale[0]:g}-{args.scale[1]:g}, shear +-{args.shear:g}" if affine else ""),
         ),
         "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
     }
@@ -697,6 +715,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--max-translation", type=float, metavar="PIXELS", default=3.0, help="pixels (default 3)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=[1.0, 1.0],
+        metavar=("LOW", "HIGH"),
+        help="zoom range, LOW <= 1 <= HIGH (default 1 1: none); with it or --shear the attacks search "
+        "the affine box and the grid gets 3 points per scale / shear axis",
+    )
+    parser.add_argument(
+        "--shear",
+        type=float,
+        metavar="DEGREES",
+        default=0.0,
+        help="shear half-width in degrees on both axes, <= 60 (default 0)",
     )
     parser.add_argument(
         "--task",

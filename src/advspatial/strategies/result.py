@@ -14,7 +14,8 @@ class SearchResult:
     """The transforms a search chose, and how the model fared.
 
     Attributes:
-        params: ``(B, 3)`` chosen rows ``(angle_degrees, tx_pixels, ty_pixels)``; replay them with
+        params: ``(B, 3)`` chosen rows ``(angle_degrees, tx_pixels, ty_pixels)``, or ``(B, 6)`` rows
+            ``(angle, tx, ty, scale, shear_x, shear_y)`` for an affine space; replay them with
             :func:`advspatial.roto_translate` (or on masks, boxes and points with its companions).
         loss: ``(B,)`` objective of the chosen transform, as the task defines it (for classification
             cross-entropy with labels, otherwise ``KL(p_clean || p_transformed)``).
