@@ -1,11 +1,13 @@
-"""Shared fixtures of the adapter tests: a tiny model and a deterministic search whose choice is known."""
+"""Shared fixtures of the adapter tests: tiny models and searches whose choice is known or seeded."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Callable
 
-from advspatial import GridSearchRotoTranslation
+import torch
+from torch import Tensor, nn
+
+from advspatial import GridSearchRotoTranslation, SpatialPGD, SpatialSearch, WorstOfK
 
 
 def tiny_model(channels: int = 1, size: int = 12, seed: int = 0) -> nn.Module:
@@ -13,8 +15,61 @@ def tiny_model(channels: int = 1, size: int = 12, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 5))
 
 
-def grid_search(model: nn.Module) -> GridSearchRotoTranslation:
+def grid_search(model: nn.Module, padding: str = "zeros") -> GridSearchRotoTranslation:
     """A small deterministic grid (no identity) so the chosen params can be recomputed in the test."""
     return GridSearchRotoTranslation(
-        model, rotations=4, translations=2, max_rotation=40.0, max_translation=2.0
+        model, rotations=4, translations=2, max_rotation=40.0, max_translation=2.0, padding=padding
+    )
+
+
+class AnyShapeNet(nn.Module):
+    """Scores images of any channel count and size (the generic checks feed 1, 3 and 6 channels):
+    channel mean, BatchNorm and dropout (state the search must leave alone), pooled to 4 x 4."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(1)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn(x.mean(1, keepdim=True))
+        return self.head(self.drop(nn.functional.adaptive_avg_pool2d(h, 4).flatten(1)))
+
+
+def any_shape_model(seed: int = 0) -> AnyShapeNet:
+    torch.manual_seed(seed)
+    return AnyShapeNet().train()
+
+
+# The strategies every generic check runs over: a grid (deterministic), worst-of-k with its own
+# generator, worst-of-k on the ambient generator (seeded by the host library or torch), and first-order.
+SEARCHES: dict[str, Callable[[nn.Module], SpatialSearch]] = {
+    "grid": grid_search,
+    "worst_of_k": lambda model: WorstOfK(model, k=4, generator=torch.Generator().manual_seed(0)),
+    "worst_of_k_ambient": lambda model: WorstOfK(model, k=4),
+    "spatial_pgd": lambda model: SpatialPGD(model, steps=2),
+}
+
+
+def model_state(model: nn.Module) -> tuple[dict[str, Tensor], list[bool], list[Tensor | None]]:
+    """Everything a search must leave as it was: weights and buffers, training flags, gradients."""
+    return (
+        {name: value.detach().clone() for name, value in model.state_dict().items()},
+        [module.training for module in model.modules()],
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    )
+
+
+def assert_same_state(
+    model: nn.Module, before: tuple[dict[str, Tensor], list[bool], list[Tensor | None]]
+) -> None:
+    weights, flags, grads = before
+    after_weights, after_flags, after_grads = model_state(model)
+    assert weights.keys() == after_weights.keys()
+    assert all(torch.equal(weights[name], after_weights[name]) for name in weights)
+    assert flags == after_flags
+    assert all(
+        (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+        for a, b in zip(grads, after_grads, strict=True)
     )

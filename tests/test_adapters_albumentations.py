@@ -272,3 +272,28 @@ def test_a_forked_pool_after_a_search_does_not_hang() -> None:
     done = run_python(["-c", FORKED_POOL], env={"OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(64, 64, 3)" in done.stdout
+
+
+def test_dataloader_workers_draw_distinct_candidates_from_a_seeded_pipeline() -> None:
+    """Workers hold copies of albumentations' random state; the worker seed keeps their draws apart."""
+    model = tiny_model()
+    model.share_memory()
+    image = np.random.default_rng(9).random((SIZE, SIZE, 1)).astype(np.float32)
+    pipeline = A.Compose([SpatialSearchAlbumentations(WorstOfK(model, k=1))], seed=3)
+
+    class Same(torch.utils.data.Dataset[np.ndarray]):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> np.ndarray:
+            return pipeline(image=image, label=1)["image"]
+
+    def run() -> list[np.ndarray]:
+        loader = torch.utils.data.DataLoader(
+            Same(), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(1)
+        )
+        return [np.asarray(x) for x in loader]
+
+    first, again = run(), run()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # seeded: reproducible
+    assert not np.array_equal(first[0], first[1])  # items 0 and 1 come from different workers

@@ -223,7 +223,12 @@ def test_make_params_and_transform_are_the_extension_points() -> None:
     assert torch.equal(applied, roto_translate(image[None], row)[0]) and label == 4
     with pytest.raises(AdvSpatialError, match="make_params needs the labels"):
         transform.make_params([image])
-    assert type(transform).forward is not v2.Transform.forward  # only reads labels, then v2's forward
+    calls: list[str] = []
+    make_params, move = transform.make_params, transform.transform
+    transform.make_params = lambda flat: calls.append("make_params") or make_params(flat)  # type: ignore[method-assign]
+    transform.transform = lambda x, p: calls.append("transform") or move(x, p)  # type: ignore[method-assign]
+    transform(image, {"label": 4, "mask": tv_tensors.Mask(mask)})
+    assert calls == ["make_params", "transform", "transform"]  # v2's forward drives both (label untouched)
 
 
 def test_integer_keypoints_and_boxes_keep_their_dtype() -> None:
@@ -287,3 +292,13 @@ def test_last_result_is_the_search_the_output_came_from() -> None:
     images = torch.rand(3, 1, SIZE, SIZE)
     out, _ = transform(images, torch.tensor([0, 1, 2]))
     assert torch.equal(out, roto_translate(images, transform.last_result.params))  # type: ignore[union-attr]
+
+
+def test_boxes_in_a_batch_are_refused() -> None:
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[1.0, 2.0, 5.0, 6.0]]), format="XYXY", canvas_size=(SIZE, SIZE)
+    )
+    with pytest.raises(AdvSpatialError, match="apply SpatialSearchV2 per sample"):
+        SpatialSearchV2(grid_search(tiny_model()))(
+            torch.rand(2, 1, SIZE, SIZE), {"labels": torch.tensor([0, 1]), "boxes": boxes}
+        )

@@ -134,6 +134,7 @@ def test_evaluate_torchvision_dataset_on_disk(workspace: Path) -> None:
         "evaluate",
         "--model",
         "user_models:make10",
+        "--random-weights",
         "--dataset",
         "MNIST",
         "--root",
@@ -165,13 +166,19 @@ def test_evaluate_torchvision_dataset_on_disk(workspace: Path) -> None:
     [
         (["--model", "user_models:make", "--weights", "missing.pt"], "--weights: file not found: missing.pt"),
         (
-            ["--model", "user_models:not_a_model"],
+            ["--model", "user_models:not_a_model", "--random-weights"],
             "returned an object of type dict, expected a torch.nn.Module",
         ),
         (["--model", "user_models:make", "--weights", "weights10.pt"], "does not match the model"),
-        (["--model", "no_such_module:make"], "cannot import module 'no_such_module'"),
-        (["--model", "user_models:make", "--image-folder", "empty"], "no images found in empty"),
-        (["--model", "user_models:make", "--dataset", "CIFAR10", "--root", "."], "never downloads"),
+        (["--model", "no_such_module:make", "--random-weights"], "cannot import module 'no_such_module'"),
+        (
+            ["--model", "user_models:make", "--random-weights", "--image-folder", "empty"],
+            "no images found in empty",
+        ),
+        (
+            ["--model", "user_models:make", "--random-weights", "--dataset", "CIFAR10", "--root", "."],
+            "never downloads",
+        ),
     ],
 )
 def test_evaluate_explains_bad_input(workspace: Path, args: list[str], message: str) -> None:

@@ -127,7 +127,7 @@ def test_search_accuracy_checks_its_arguments(model, data) -> None:
         search_accuracy(model, loader, "grid")  # type: ignore[arg-type]
     with pytest.raises(AdvSpatialError, match="same model"):
         search_accuracy(model, loader, WorstOfK(TinyCNN(), k=2))
-    with pytest.raises(AdvSpatialError, match=r"\(images, labels\) pairs"):
+    with pytest.raises(AdvSpatialError, match=r"\(images, targets\) pairs"):
         natural_accuracy(model, [torch.rand(2, 1, 12, 12)])
     with pytest.raises(AdvSpatialError, match="labels must have shape"):
         natural_accuracy(model, [(torch.rand(2, 1, 12, 12), torch.zeros(3, dtype=torch.long))])
@@ -267,7 +267,7 @@ def test_plots_are_real_pngs_of_the_documented_size(model, data, tmp_path: Path)
     land = loss_landscape(model, images[:2], labels[:2], rotations=5, translations=3)
     table = {"a": {n: r.accuracy for n, r in results.items()}, "b": {"natural": 0.5}}
     assert png_size(plot_accuracies(table, tmp_path / "acc.png")) == (800, 400)
-    assert png_size(results["grid"].save_plot(tmp_path / "grid.png", model="tiny")) == (960, 480)
+    assert png_size(results["grid"].save_plot(tmp_path / "grid.png", model="tiny")) == (640, 480)
     assert png_size(profile.save_plot(tmp_path / "sub" / "profile.png")) == (960, 400)
     names = [f"digit {i}" for i in range(10)]
     assert png_size(land.save_plot(tmp_path / "land.png", model="tiny", class_names=names)) == (900, 600)

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["AdvSpatialError", "check_candidates", "check_images", "check_labels", "check_params"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "AdvSpatialError",
+    "candidate_count",
+    "check_candidates",
+    "check_images",
+    "check_labels",
+    "check_params",
+    "images_fit_model",
+    "images_in_model_dtype",
+]
+
+MAX_CANDIDATES = 2**20
+"""Most candidates per image a search accepts (``k``, grid points): the engine keeps per-pair tables."""
 
 
 class AdvSpatialError(ValueError):
@@ -44,17 +59,19 @@ PARAM_COLUMNS: dict[int, str] = {
 
 
 def check_params(
-    params: object, batch: int, name: str = "params", columns: tuple[int, ...] = (3, 6)
+    params: object, batch: int | None, name: str = "params", columns: tuple[int, ...] = (3, 6)
 ) -> Tensor:
     """Check that ``params`` is a float tensor ``(batch, 3)`` or ``(batch, 6)`` of finite parameter rows.
 
     Affine rows must have ``scale > 0`` and shears strictly inside ``(-90, 90)`` degrees.
-    ``columns`` narrows the accepted widths (a space accepts its own rows only).
+    ``columns`` narrows the accepted widths (a space accepts its own rows only); ``batch=None``
+    accepts any number of rows.
     """
-    shapes = " or ".join(f"({batch}, {n}) with rows {PARAM_COLUMNS[n]}" for n in columns)
+    rows = "N" if batch is None else batch
+    shapes = " or ".join(f"({rows}, {n}) with rows {PARAM_COLUMNS[n]}" for n in columns)
     if not isinstance(params, Tensor):
         raise AdvSpatialError(f"{name} must be a torch.Tensor of shape {shapes}, got {type(params).__name__}")
-    if params.ndim != 2 or params.shape[1] not in columns or params.shape[0] != batch:
+    if params.ndim != 2 or params.shape[1] not in columns or (batch is not None and params.shape[0] != batch):
         raise AdvSpatialError(f"{name} must have shape {shapes}, got {tuple(params.shape)}")
     if not params.is_floating_point():
         raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {params.dtype}")
@@ -72,6 +89,17 @@ def check_params(
                 f"got largest magnitude {float(values[:, 4:6].abs().max())}"
             )
     return params
+
+
+def check_canvas_size(canvas_size: object, name: str = "canvas_size") -> tuple[int, int]:
+    """Check that ``canvas_size`` is a pair ``(H, W)`` of positive integers."""
+    if (
+        not isinstance(canvas_size, tuple | list)
+        or len(canvas_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in canvas_size)
+    ):
+        raise AdvSpatialError(f"{name} must be a pair (H, W) of positive integers, got {canvas_size!r}")
+    return int(canvas_size[0]), int(canvas_size[1])
 
 
 def check_labels(labels: object, batch: int, device: torch.device, name: str = "labels") -> Tensor:
@@ -202,3 +230,88 @@ def check_candidates(candidates: object, batch: int, name: str = "candidates") -
     if candidates.numel() and not bool(torch.isfinite(candidates.detach()).all()):
         raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
     return candidates
+
+
+def candidate_count(value: object, name: str) -> int:
+    """Check that ``value`` is an integer in ``[1, MAX_CANDIDATES]`` (candidates per image).
+
+    The engine keeps a loss, a correctness flag and an index per (image, candidate) pair, so an
+    absurd count would allocate a table of terabytes before scoring anything.
+    """
+    count = positive_int(value, name)
+    if count > MAX_CANDIDATES:
+        raise AdvSpatialError(
+            f"{name} must be <= {MAX_CANDIDATES} candidates per image (the search keeps a table of "
+            f"batch x candidates entries), got {count}"
+        )
+    return count
+
+
+def images_in_model_dtype(images: Tensor, model: nn.Module) -> Tensor:
+    """``images`` cast to the floating dtype of the model's first floating parameter or buffer.
+
+    The library's one dtype rule: any floating image dtype is accepted; the model scores the images
+    in its own floating dtype, and what a transform returns keeps the input dtype. A model without
+    floating tensors gets the images unchanged.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return images if images.dtype == tensor.dtype else images.to(tensor.dtype)
+    return images
+
+
+_SHAPE_ERRORS = (
+    "channels",
+    "shapes cannot be multiplied",
+    "size mismatch",
+    "must match the size of tensor",
+    "kernel size can't be greater",
+    "padded input size per channel",
+    "output size is too small",
+    "input size is too small",
+    "non-empty 2d or 3d",
+    "non-empty 3d or 4d",
+    "expected 4d",
+)
+
+
+@contextmanager
+def images_fit_model(images: Tensor, name: str = "images") -> Iterator[None]:
+    """Turn torch's shape errors from the model into an :class:`AdvSpatialError` about ``images``.
+
+    Torch names the shape of one chunk of warped candidates; the message here names the batch the
+    caller passed. Other errors (out of memory included) pass through unchanged.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        lower = text.lower()
+        if "out of memory" in lower or not any(key in lower for key in _SHAPE_ERRORS):
+            raise
+        shape = tuple(images.shape)
+        found = re.search(r"weight of size \[(\d+), (\d+)[^\]]*\].*to have (\d+) channels", text)
+        if found:
+            detail = f"the model expects {found.group(3)} channel(s), the images have {shape[1]}"
+        else:
+            detail = re.sub(r"input\[\d+,", "input[N,", re.sub(r"\((\d+)x(\d+) and", r"(Nx\2 and", text))
+        raise AdvSpatialError(
+            f"{name} of shape {shape} (a batch of {shape[0]}) do not fit the model: {detail}"
+        ) from error
+
+
+def check_grid_size(rotations: object, translations: object) -> None:
+    """Refuse a grid of more than ``MAX_CANDIDATES`` points before it is built.
+
+    Malformed counts are left to :meth:`advspatial.RotoTranslationBox.grid`, which names them.
+    """
+    pair = translations if isinstance(translations, Sequence) else (translations, translations)
+    counts = (rotations, *pair)
+    if len(counts) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts):
+        return
+    points = math.prod(counts)
+    if points > MAX_CANDIDATES:
+        raise AdvSpatialError(
+            f"rotations x translations must give <= {MAX_CANDIDATES} grid points per image, got "
+            f"{rotations} x {pair[0]} x {pair[1]} = {points}"
+        )

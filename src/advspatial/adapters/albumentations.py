@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
-from advspatial.adapters._workers import check_search, enter_worker, run_search, scoring_images
+from advspatial.adapters._workers import check_search, enter_worker, mix_seed, run_search, scoring_images
 from advspatial.errors import AdvSpatialError, check_labels
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
@@ -90,7 +91,9 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     from that generator. Otherwise each call draws a seed from albumentations' random state
     (``self.random_generator``, set by ``A.Compose(seed=...)`` or ``set_random_seed``) and the search
     draws its candidates from a ``torch.Generator`` seeded with it, so a seeded pipeline is
-    reproducible and an unseeded one is not.
+    reproducible and an unseeded one is not. In a DataLoader worker that seed is mixed with the
+    worker's seed: the workers hold copies of one random state and would otherwise draw the same
+    candidates (a seeded loader reproduces them for a fixed number of workers).
 
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise on screen (as ``A.Rotate``), then pixels
@@ -183,6 +186,9 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         if isinstance(getattr(self.search, "generator", None), torch.Generator):
             return None
         seed = int(self.random_generator.integers(0, 2**63 - 1))
+        worker = get_worker_info()
+        if worker is not None:  # forked workers hold copies of one random state: give each its own stream
+            seed = mix_seed(seed, worker.seed)
         return torch.Generator().manual_seed(seed)
 
     def update_transform_params(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:

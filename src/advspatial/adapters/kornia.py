@@ -85,8 +85,8 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
         float32 model is scored in float32) and warped in their own dtype.
 
     Args:
-        search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model; the images
-            must be on the model's device).
+        search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model; images on
+            another device are scored on the model's and warped where they are).
         mask_fill: value of mask pixels that come from outside the mask.
         p: probability of applying the transform to each sample.
         p_batch: probability of applying it to the batch.

@@ -1,10 +1,12 @@
 """``advspatial evaluate``: measure the spatial robustness of a user's model; JSON report and plots.
 
-The model comes from a factory (``--model package.module:factory``, the current folder is importable)
+The model comes from a factory (``--model package.module:factory``, found on the path or in the
+current folder, which is searched after the installed modules and only while the factory is imported)
 and its weights from a state dict saved with ``torch.save(model.state_dict(), file)``, loaded with
-``torch.load(weights_only=True)``. The images come from an ``ImageFolder`` layout
-(``root/<class>/<image>``) or a torchvision dataset already on disk (never downloaded); the model
-receives them as float ``(B, C, H, W)`` in ``[0, 1]`` (normalise inside the model).
+``torch.load(weights_only=True)``; ``--weights`` is required unless ``--random-weights`` is given.
+The images come from an ``ImageFolder`` layout (``root/<class>/<image>``) or a torchvision dataset
+already on disk (never downloaded); the model receives them as float ``(B, C, H, W)`` in
+``[0, 1]`` (normalise inside the model).
 
 Launched by ``torchrun --nproc_per_node N`` it starts a process group (gloo on CPU, NCCL on CUDA),
 shards the accuracy sweep over the ranks (the same numbers as one process) and rank 0 computes the
@@ -15,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
+import math
 import os
+import pickle
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +41,7 @@ from advspatial.distributed.context import (
     distributed_session,
     launched_by_torchrun,
 )
-from advspatial.errors import AdvSpatialError
+from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
@@ -46,26 +52,79 @@ __all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset", "
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for a one-line report."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _import_user_module(module_name: str) -> Any:
+    """Import ``module_name``; the current folder is searched last, and only during this import.
+
+    The folder is appended to ``sys.path`` (never put first) and removed afterwards, so a file in it
+    named like an installed module (``matplotlib.py``) never replaces that module.
+    """
+    folder = os.getcwd()
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)
+    importlib.invalidate_caches()
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            raise AdvSpatialError(
+                f"--model: cannot import module {module_name!r} ({error}); run from the folder that holds it "
+                "or add it to PYTHONPATH"
+            ) from error
+        raise AdvSpatialError(f"--model: importing {module_name!r} failed: {_first_line(error)}") from error
+    except SyntaxError as error:
+        raise AdvSpatialError(
+            f"--model: cannot import module {module_name!r}: syntax error in {error.filename}, "
+            f"line {error.lineno}: {error.msg}"
+        ) from error
+    except Exception as error:
+        raise AdvSpatialError(f"--model: importing {module_name!r} failed: {_first_line(error)}") from error
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _call_factory(factory: Any, spec: str) -> Any:
+    """``factory()``, refusing a factory with required arguments and reporting its errors in one line."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: just call them
+        parameters = []  # type: ignore[assignment]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.kind not in variadic]
+    if required:
+        raise AdvSpatialError(
+            f"--model: factory {spec} needs arguments ({', '.join(required)}); name a function that takes "
+            "none, e.g. def build(): return MyNet(num_classes=10)"
+        )
+    try:
+        return factory()
+    except Exception as error:
+        raise AdvSpatialError(f"--model: factory {spec} raised {_first_line(error)}") from error
+
+
 def load_factory_model(spec: str) -> nn.Module:
     """Call the factory named by ``package.module:attribute`` and check it returns an ``nn.Module``."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise AdvSpatialError(f"--model must look like package.module:factory, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise AdvSpatialError(
-            f"--model: cannot import module {module_name!r} ({error}); run from the folder that holds it "
-            "or add it to PYTHONPATH"
-        ) from error
+    module = _import_user_module(module_name)
     factory = getattr(module, attribute, None)
     if factory is None:
-        raise AdvSpatialError(f"--model: module {module_name!r} has no attribute {attribute!r}")
+        where = getattr(module, "__file__", None)
+        raise AdvSpatialError(
+            f"--model: module {module_name!r} has no attribute {attribute!r}"
+            + (f" (the module was imported from {where})" if where else "")
+        )
     if not callable(factory):
         raise AdvSpatialError(f"--model: {spec} is a {type(factory).__name__}, expected a callable factory")
-    model = factory()
+    model = _call_factory(factory, spec)
     if not isinstance(model, nn.Module):
         raise AdvSpatialError(
             f"--model: factory {spec} returned an object of type {type(model).__name__}, "
@@ -81,10 +140,22 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise AdvSpatialError(f"--weights: file not found: {file}")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:
+            raise AdvSpatialError(
+                f"--weights: {file} is not a file written by torch.save ({_first_line(error)[:120]}); "
+                "save the weights with torch.save(model.state_dict(), file)"
+            ) from error
+        raise AdvSpatialError(
+            f"--weights: {file} holds Python objects besides tensors ({found.group(1)}), which "
+            "torch.load(weights_only=True) refuses to run; if you trust the file, load it in Python with "
+            "torch.load(file, weights_only=False) and re-save torch.save(model.state_dict(), file)"
+        ) from error
     except Exception as error:
         raise AdvSpatialError(
-            f"--weights: {file} could not be loaded with torch.load(weights_only=True): {error}; "
-            "save the weights with torch.save(model.state_dict(), file)"
+            f"--weights: {file} could not be loaded with torch.load(weights_only=True) "
+            f"({_first_line(error)}); save the weights with torch.save(model.state_dict(), file)"
         ) from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -127,6 +198,39 @@ def _transform(resize: int | None, grayscale: bool) -> Any:
     return v2.Compose(steps)
 
 
+def _read_image(path: str) -> Any:
+    """ImageFolder's loader: the image as RGB, or an error naming the file that cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:
+        raise AdvSpatialError(f"--image-folder: cannot read image {path}: {_first_line(error)}") from error
+
+
+def _check_image_files(paths: list[str]) -> None:
+    """Open every image's header before any work: unreadable, empty and oversized files are named.
+
+    PIL refuses (``DecompressionBombError``) headers of more than twice ``Image.MAX_IMAGE_PIXELS``.
+    """
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception as error:
+            raise AdvSpatialError(
+                f"--image-folder: cannot read image {path}: {_first_line(error)}"
+            ) from error
+        if width < 2 or height < 2:
+            raise AdvSpatialError(
+                f"--image-folder: image {path} is {width} x {height} px, too small to rotate or shift; "
+                "pass --resize N to scale every image to N x N"
+            )
+
+
 def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The dataset named on the command line, and a description of it for the report."""
     try:
@@ -147,9 +251,12 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                 f"{root}/<class name>/<image>.png with one sub-folder per class"
             )
         try:
-            dataset: Any = torchvision.datasets.ImageFolder(str(root), transform=transform)
+            dataset: Any = torchvision.datasets.ImageFolder(
+                str(root), transform=transform, loader=_read_image
+            )
         except (FileNotFoundError, OSError) as error:
             raise AdvSpatialError(f"--image-folder: {root} is not a readable ImageFolder: {error}") from error
+        _check_image_files([path for path, _ in dataset.samples])
         info: dict[str, Any] = {"source": "image_folder", "path": str(root), "classes": list(dataset.classes)}
     else:
         name = args.dataset
@@ -241,7 +348,98 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse contradictory or absurd options before anything is loaded or computed."""
+    if args.weights is None and not args.random_weights:
+        raise AdvSpatialError(
+            "--weights is required (a state dict file: torch.save(model.state_dict(), file)); pass "
+            "--random-weights to evaluate the factory's freshly initialised model on purpose"
+        )
+    if args.weights is not None and args.random_weights:
+        raise AdvSpatialError("--weights and --random-weights exclude each other; pass one of them")
+    if not math.isfinite(args.max_rotation) or not 0.0 <= args.max_rotation <= 180.0:
+        raise AdvSpatialError(
+            f"--max-rotation must be in [0, 180] degrees (the range is [-r, r]; beyond 180 the angles "
+            f"repeat), got {args.max_rotation:g}"
+        )
+    if not math.isfinite(args.max_translation) or args.max_translation < 0.0:
+        raise AdvSpatialError(
+            f"--max-translation must be a finite number of pixels >= 0, got {args.max_translation:g}"
+        )
+    candidate_count(args.k, "--k")
+    points = args.grid_rotations * args.grid_translations**2
+    if points > MAX_CANDIDATES:
+        raise AdvSpatialError(
+            f"--grid-rotations x --grid-translations^2 must be <= {MAX_CANDIDATES} grid points, got "
+            f"{args.grid_rotations} x {args.grid_translations}^2 = {points}"
+        )
+    _check_output(Path(args.output))
+
+
+def _check_output(output: Path) -> None:
+    """``--output`` must be a folder that exists or can be made: checked before the sweep, not after."""
+    if output.exists() and not output.is_dir():
+        raise AdvSpatialError(
+            f"--output: {output} is a file; name a folder (report.json and the plots are written into it)"
+        )
+    ancestor = output
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AdvSpatialError(f"--output: {ancestor} is a file, so the folder {output} cannot be made")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise AdvSpatialError(f"--output: cannot write in {ancestor}; choose a folder you can write to")
+
+
+def _channel_hint(text: str, args: argparse.Namespace) -> str:
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", text)
+    if found is None:
+        return ""
+    expected, got = int(found.group(1)), int(found.group(2))
+    if expected == 1 and got == 3:
+        return "; the model expects 1 channel and the images have 3: pass --grayscale"
+    if args.grayscale:
+        return f"; the model expects {expected} channels and --grayscale gives 1: drop --grayscale"
+    return f"; the model expects {expected} channels and the images have {got}"
+
+
+def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args: argparse.Namespace) -> None:
+    """Score one image before the sweep: channels, size, output shape and the number of classes."""
+    image = dataset[0][0]
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    if args.max_translation > min(height, width):
+        raise AdvSpatialError(
+            f"--max-translation {args.max_translation:g} px is larger than the images "
+            f"({height} x {width} px): the shifts would move them out of the frame; "
+            f"use at most {min(height, width)}"
+        )
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    batch = image.unsqueeze(0).to(device)
+    try:
+        with torch.inference_mode():
+            logits = model(batch)
+    except Exception as error:
+        text = _first_line(error)
+        hint = _channel_hint(text, args) or "; check --resize N and --grayscale against the model's input"
+        raise AdvSpatialError(
+            f"the model fails on the images (one image of shape {tuple(batch.shape)}): {text}{hint}"
+        ) from error
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise AdvSpatialError(
+            f"--model: the model must return logits of shape (batch, num_classes), got {got} for one image"
+        )
+    classes = info.get("classes") or getattr(getattr(dataset, "dataset", dataset), "classes", None)
+    if classes is not None and len(classes) > logits.shape[1]:
+        source = "--image-folder" if info.get("source") == "image_folder" else "--dataset"
+        raise AdvSpatialError(
+            f"{source} has {len(classes)} classes but the model has {logits.shape[1]} outputs; "
+            "each class (a sub-folder, in sorted order) needs an output of the model"
+        )
+
+
 def _main(args: argparse.Namespace) -> int:
+    _check_arguments(args)
     if not launched_by_torchrun():
         return _evaluate(args, _device(args.device), None)
     # Under torchrun: gloo on CPU, NCCL on CUDA; the sweeps shard themselves, rank 0 writes the report.
@@ -258,6 +456,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         load_weights(model, args.weights)
     model.to(device).eval()
     dataset, data_info = open_dataset(args)
+    _check_model_fits(model, dataset, data_info, args)
     loader: Any = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     progress = not args.no_progress
     if progress and context is None:
@@ -387,7 +586,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="package.module:factory; factory() (no arguments) returns the nn.Module",
     )
     parser.add_argument(
-        "--weights", metavar="FILE", help="state dict file (torch.save(model.state_dict(), file))"
+        "--weights",
+        metavar="FILE",
+        help="state dict file (torch.save(model.state_dict(), file)); required unless --random-weights",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="evaluate the factory's model as initialised, without --weights (on purpose)",
     )
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument(

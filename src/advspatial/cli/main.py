@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except AdvSpatialError as error:
-        print(f"advspatial {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"advspatial {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

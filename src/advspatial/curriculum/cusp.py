@@ -13,6 +13,7 @@ from advspatial.curriculum.schedule import CurriculumSchedule
 from advspatial.engine.model_state import check_model, check_same_device
 from advspatial.errors import (
     AdvSpatialError,
+    candidate_count,
     check_clip,
     check_epsilon,
     check_images,
@@ -114,7 +115,7 @@ class CurriculumSpatial:
         flag(random_start, "random_start")
         self.random_start = random_start
         self.spatial = choice(spatial, "spatial", SPATIAL)
-        self.k = positive_int(k, "k")
+        self.k = candidate_count(k, "k")
         self.adversarial = choice(adversarial, "adversarial", ADVERSARIAL)
         self.clip = check_clip(clip)
         optional_generator(generator)

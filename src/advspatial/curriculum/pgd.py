@@ -16,6 +16,8 @@ from advspatial.errors import (
     check_logits,
     choice,
     flag,
+    images_fit_model,
+    images_in_model_dtype,
     optional_generator,
     positive_int,
 )
@@ -71,7 +73,8 @@ def linf_pgd(
         (True, True, True)
     """
     check_model(model)
-    images = check_images(images)
+    dtype = check_images(images).dtype  # scored in the model's dtype, returned in the input's
+    images = images_in_model_dtype(images, model)
     check_same_device(model, images)
     eps = check_epsilon(eps)
     steps = positive_int(steps, "steps", minimum=0)
@@ -86,8 +89,8 @@ def linf_pgd(
     with torch.inference_mode(False):
         clean = images.detach().clone()
     if batch == 0 or eps == 0.0:
-        return clean if bounds is None else clean.clamp(*bounds)
-    with scoring_mode(model) as net, torch.inference_mode(False):
+        return (clean if bounds is None else clean.clamp(*bounds)).to(dtype)
+    with scoring_mode(model) as net, torch.inference_mode(False), images_fit_model(images):
         adv = clean.clone()
         if random_start:
             draw_device = generator.device if generator is not None else images.device
@@ -95,7 +98,7 @@ def linf_pgd(
             adv = adv + (noise.to(images.device) * 2.0 - 1.0) * eps
         adv = _project(adv, clean, eps, bounds)
         if steps == 0:
-            return adv
+            return adv.to(dtype)
         # The clean prediction is needed only as the target (no labels) or as the KL reference.
         # A clone: labels made under inference_mode cannot enter the autograd graph.
         targets, reference = (None if labels is None else labels.clone()), None
@@ -119,7 +122,7 @@ def linf_pgd(
                     loss = F.kl_div(F.log_softmax(out, dim=1), reference, log_target=True, reduction="sum")
                 (gradient,) = torch.autograd.grad(loss, current)
             adv = _project(current.detach() + step * gradient.sign(), clean, eps, bounds)
-    return adv
+    return adv.to(dtype)
 
 
 def _project(adv: Tensor, clean: Tensor, eps: float, bounds: tuple[float, float] | None) -> Tensor:

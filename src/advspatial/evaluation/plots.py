@@ -151,7 +151,7 @@ def _tally(points: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def plot_chosen_transforms(params: Tensor, correct: Tensor, path: str | Path, *, title: str = "") -> Path:
-    """The chosen transform per sample: (angle, tx) left, (angle, ty) right; a 960 x 480 PNG.
+    """The chosen transform per sample: (angle, tx) left, (angle, ty) right; a 640 x 480 PNG.
 
     Withstood samples in blue, fooled in red. Samples that chose the same point are drawn once,
     with a marker whose area grows with their number, and the number written next to it.
@@ -169,8 +169,8 @@ def plot_chosen_transforms(params: Tensor, correct: Tensor, path: str | Path, *,
         >>> plot_chosen_transforms(params, torch.tensor([False, False, True]), out, title="grid").suffix
         '.png'
     """
-    figure = _figure(960, 480)
-    panels = figure.subplots(1, 2, sharey=False)
+    figure = _figure(640, 480)
+    panels = figure.subplots(1, 2, sharex=True)
     params, correct = params.detach().float().cpu(), correct.detach().bool().cpu()
     for column, (axes, label) in enumerate(
         zip(panels, ("tx (pixels, right)", "ty (pixels, down)"), strict=True)
@@ -189,11 +189,12 @@ def plot_chosen_transforms(params: Tensor, correct: Tensor, path: str | Path, *,
             for (x, y), count in zip(points.tolist(), counts.tolist(), strict=True):
                 if count > 1:
                     axes.annotate(str(count), (x, y), fontsize=7, ha="center", va="center")
-        axes.set_xlabel("angle (degrees, counter-clockwise)")
-        axes.set_ylabel(label)
-        axes.legend(loc="upper right", fontsize=8, markerscale=0.5)
-    panels[0].set_title("angle and tx (area: images at that point)", fontsize=9)
-    panels[1].set_title("angle and ty", fontsize=9)
+        axes.set_xlabel("angle (degrees, ccw)", fontsize=8)
+        axes.set_ylabel(label, fontsize=8)
+        axes.tick_params(labelsize=7)
+    panels[0].legend(loc="upper left", fontsize=7, markerscale=0.5)
+    panels[0].set_title("angle, tx (area: number of images)", fontsize=8)
+    panels[1].set_title("angle, ty", fontsize=8)
     if title:
         figure.suptitle(title)
     return _save(figure, path)
@@ -320,9 +321,9 @@ def plot_landscape(
         )
         worst.imshow(_display(landscape.worst_images[row]), cmap="gray")
         worst.set_title(
-            f"worst of the {slice_name}: {angle:+.0f} deg, ({tx:+.1f}, {ty:+.1f}) px\n"
+            f"worst of the {slice_name}\n{angle:+.0f} deg, ({tx:+.1f}, {ty:+.1f}) px\n"
             f"loss {worst_loss:.3f}, {'right' if worst_right else 'fooled'}",
-            fontsize=9,
+            fontsize=8,
         )
         for axes in (original, worst):
             axes.set_axis_off()

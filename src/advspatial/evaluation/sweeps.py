@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advspatial.errors import AdvSpatialError, positive_int
 from advspatial.evaluation.plots import plot_chosen_transforms
-from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, model_logits, walk
+from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, model_outputs, walk
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
 from advspatial.strategies.grid import GridSearchRotoTranslation
 from advspatial.strategies.worst_of_k import WorstOfK
+from advspatial.tasks import Classification, Task, check_task
 
 __all__ = [
     "SweepResult",
@@ -45,26 +45,37 @@ class SweepResult:
     Attributes:
         name: the attack, e.g. ``"grid"``.
         accuracy: fraction of samples that withstood the attack (``nan`` for empty data).
-        correct: ``(N,)`` bool per sample, in dataset order.
-        labels: ``(N,)`` long labels.
+        correct: ``(N,)`` bool per sample, in dataset order: right under the attack as the task
+            judges it (the class; for segmentation a pixel accuracy of at least
+            ``min_pixel_accuracy`` under every candidate: the robust fraction).
+        targets: the targets as walked: ``(N,)`` labels, ``(N, H, W)`` masks, ...
         params: ``(N, 3)`` transform chosen per sample, rows ``(angle_degrees, tx_px, ty_px)``
             (zeros for the natural accuracy).
-        loss: ``(N,)`` cross-entropy of the chosen transform.
+        loss: ``(N,)`` objective of the chosen transform (cross-entropy for classification).
         evaluations: forward evaluations spent (under ``torchrun``: by all ranks, the sampler's
             padding included).
         exhaustive_evaluations: what the attack would spend without early exit.
         seconds: wall time of the sweep.
+        metrics: the task's dataset-level metrics of the chosen transforms, e.g. ``{"miou": ...,
+            "pixel_accuracy": ...}`` for segmentation (the worst candidate of each image, its
+            confusion counts summed over the dataset); empty for classification.
     """
 
     name: str
     accuracy: float
     correct: Tensor
-    labels: Tensor
+    targets: Tensor
     params: Tensor
     loss: Tensor
     evaluations: int
     exhaustive_evaluations: int
     seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> Tensor:
+        """The targets (the labels, for classification)."""
+        return self.targets
 
     @property
     def saved_evaluations(self) -> int:
@@ -80,6 +91,7 @@ class SweepResult:
             "evaluations": self.evaluations,
             "exhaustive_evaluations": self.exhaustive_evaluations,
             "seconds": self.seconds,
+            "metrics": {key: None if math.isnan(value) else value for key, value in self.metrics.items()},
         }
         if per_sample:
             summary["correct"] = [bool(v) for v in self.correct.tolist()]
@@ -88,7 +100,7 @@ class SweepResult:
         return summary
 
     def save_plot(self, path: str | Path, *, model: str | None = None) -> Path:
-        """The chosen (angle, tx) and (angle, ty) per sample, fooled in red, sized by count; 960 x 480 PNG.
+        """The chosen (angle, tx) and (angle, ty) per sample, fooled in red, sized by count; 640 x 480 PNG.
 
         Args:
             path: where the PNG goes (folders are created).
@@ -99,13 +111,15 @@ class SweepResult:
         return plot_chosen_transforms(self.params, self.correct, path, title=title)
 
 
-def _sweep_result(name: str, walked: Walk) -> SweepResult:
+def _sweep_result(name: str, walked: Walk, task: Task) -> SweepResult:
     correct = walked.row("correct", torch.zeros(0, dtype=torch.bool))
+    statistics = walked.rows.get("statistics")
     return SweepResult(
         name=name,
         accuracy=float(correct.float().mean()) if correct.numel() else float("nan"),
         correct=correct,
-        labels=walked.rows["targets"],
+        targets=walked.rows["targets"],
+        metrics={} if statistics is None else task.summarize(statistics),
         params=walked.row("params", torch.zeros(0, 3)),
         loss=walked.row("loss", torch.zeros(0)),
         evaluations=walked.counts.get("evaluations", 0),
@@ -114,32 +128,43 @@ def _sweep_result(name: str, walked: Walk) -> SweepResult:
     )
 
 
-def _natural_step(model: nn.Module) -> Step:
-    def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
-        logits = model_logits(model, images, labels)
-        count = int(labels.shape[0])
-        rows = {
-            "correct": logits.argmax(dim=1) == labels,
-            "params": torch.zeros(count, 3),
-            "loss": F.cross_entropy(logits, labels, reduction="none"),
-        }
+def _natural_step(model: nn.Module, task: Task) -> Step:
+    def step(images: Tensor, targets: Tensor, index: Tensor) -> BatchRows:
+        outputs = model_outputs(model, images, task)
+        loss, correct = task.objective(outputs, targets)
+        count = int(targets.shape[0])
+        rows = {"correct": correct, "params": torch.zeros(count, 3), "loss": loss.float()}
+        statistics = task.statistics(outputs, targets)
+        if statistics is not None:
+            rows["statistics"] = statistics
         return BatchRows(rows, {"evaluations": count, "exhaustive_evaluations": count})
 
     return step
 
 
 def _search_step(search: SpatialSearch, draws: KeyedDraws | None) -> Step:
-    def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
+    def step(images: Tensor, targets: Tensor, index: Tensor) -> BatchRows:
         if draws is None:
-            result = search.search(images, labels)
+            result = search.search(images, targets)
         else:  # each sample meets the candidates of its dataset index, whatever its batch or rank
             assert isinstance(search, WorstOfK)
-            result = search.search(images, labels, candidates=draws(index, images.device))
+            result = search.search(images, targets, candidates=draws(index, images.device))
         rows = {"correct": result.correct, "params": result.params.float(), "loss": result.loss.float()}
         counts = {"evaluations": result.evaluations, "exhaustive_evaluations": result.exhaustive_evaluations}
+        if result.targets is not None and _has_statistics(search.task):
+            # One more forward pass per image (not counted as a search evaluation): the outputs
+            # under the chosen transform, scored against the targets moved with it.
+            outputs = model_outputs(search.model, search.apply(images, result.params), search.task)
+            statistics = search.task.statistics(outputs, result.targets)
+            if statistics is not None:
+                rows["statistics"] = statistics
         return BatchRows(rows, counts)
 
     return step
+
+
+def _has_statistics(task: Task) -> bool:
+    return type(task).statistics is not Task.statistics
 
 
 def _keyed_candidates(search: SpatialSearch) -> KeyedDraws | None:
@@ -150,16 +175,22 @@ def _keyed_candidates(search: SpatialSearch) -> KeyedDraws | None:
 
 
 def natural_accuracy(
-    model: nn.Module, data: Data, *, batch_size: int | None = None, progress: bool = False
+    model: nn.Module,
+    data: Data,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Accuracy on the untransformed images.
 
     Args:
-        model: classifier returning ``(N, num_classes)`` logits.
-        data: a map-style ``Dataset`` of ``(image, label)`` pairs, a ``DataLoader``, or any
-            iterable of ``(images (B, C, H, W) float, labels (B,))`` batches.
+        model: the model (a classifier returning ``(N, num_classes)`` logits by default).
+        data: a map-style ``Dataset`` of ``(image, target)`` pairs, a ``DataLoader``, or any
+            iterable of ``(images (B, C, H, W) float, targets)`` batches.
         batch_size: images per batch for a ``Dataset`` (default 256).
         progress: show a progress bar.
+        task: what the targets are (:mod:`advspatial.tasks`; default classification labels).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -168,8 +199,17 @@ def natural_accuracy(
         >>> result.correct.shape, result.evaluations
         (torch.Size([4]), 4)
     """
-    walked = walk(model, data, _natural_step(model), name="natural", batch_size=batch_size, progress=progress)
-    return _sweep_result("natural", walked)
+    task = Classification() if task is None else check_task(task)
+    walked = walk(
+        model,
+        data,
+        _natural_step(model, task),
+        name="natural",
+        batch_size=batch_size,
+        progress=progress,
+        task=task,
+    )
+    return _sweep_result("natural", walked, task)
 
 
 def search_accuracy(
@@ -182,6 +222,9 @@ def search_accuracy(
     progress: bool = False,
 ) -> SweepResult:
     """Accuracy under any :class:`advspatial.SpatialSearch` (the search holds ``model``).
+
+    The data's targets are those of the search's task; for a dense task the result's ``metrics``
+    hold the task's dataset-level metrics of the chosen transforms (e.g. mean IoU).
 
     A :class:`advspatial.WorstOfK` scores, for sample ``i``, row ``i`` of its generator's
     sequential draws (through ``search(..., candidates=...)``): the numbers do not depend on the
@@ -208,8 +251,9 @@ def search_accuracy(
         batch_size=batch_size,
         progress=progress,
         draws=() if draws is None else (draws,),
+        task=search.task,
     )
-    return _sweep_result(name, walked)
+    return _sweep_result(name, walked, search.task)
 
 
 def random_accuracy(
@@ -221,10 +265,11 @@ def random_accuracy(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Accuracy under one uniformly random roto-translation per image (worst-of-1)."""
     search = WorstOfK(
-        model, k=1, max_rotation=max_rotation, max_translation=max_translation, generator=generator
+        model, k=1, max_rotation=max_rotation, max_translation=max_translation, generator=generator, task=task
     )
     return search_accuracy(model, data, search, name="random", batch_size=batch_size, progress=progress)
 
@@ -239,10 +284,11 @@ def worst_of_k_accuracy(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Accuracy under the worst of ``k`` random roto-translations per image (Engstrom et al. 2019)."""
     search = WorstOfK(
-        model, k=k, max_rotation=max_rotation, max_translation=max_translation, generator=generator
+        model, k=k, max_rotation=max_rotation, max_translation=max_translation, generator=generator, task=task
     )
     return search_accuracy(
         model, data, search, name=f"worst_of_{k}", batch_size=batch_size, progress=progress
@@ -260,6 +306,7 @@ def grid_accuracy(
     early_exit: bool = True,
     batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Grid accuracy: right on every point of the rotation x translation grid (31 x 5 x 5 by default).
 
@@ -274,6 +321,7 @@ def grid_accuracy(
         max_rotation=max_rotation,
         max_translation=max_translation,
         early_exit=early_exit,
+        task=task,
     )
     return search_accuracy(model, data, search, name="grid", batch_size=batch_size, progress=progress)
 
@@ -289,6 +337,7 @@ def first_order_accuracy(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> SweepResult:
     """Accuracy under the first-order attack :class:`advspatial.SpatialPGD` (every iterate scored).
 
@@ -302,6 +351,7 @@ def first_order_accuracy(
         max_translation=max_translation,
         random_start=random_start,
         generator=generator,
+        task=task,
     )
     return search_accuracy(model, data, search, name="first_order", batch_size=batch_size, progress=progress)
 
@@ -319,11 +369,13 @@ def robustness_sweep(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ) -> dict[str, SweepResult]:
     """Natural, random, worst-of-k, grid (early exit) and first-order accuracy in one call.
 
     Random (worst-of-1) draws from ``torch.Generator().manual_seed(seed)``, worst-of-k from
-    ``seed + 1``.
+    ``seed + 1``. With ``task=Segmentation()`` (masks as targets) each result's ``accuracy`` is the
+    robust fraction and ``metrics["miou"]`` the mean IoU of the chosen transforms.
 
     Returns:
         ``{"natural", "random", "worst_of_<k>", "grid", "first_order"}`` -> :class:`SweepResult`.
@@ -336,7 +388,7 @@ def robustness_sweep(
     """
     positive_int(seed, "seed", minimum=0)
     space: dict[str, Any] = {"max_rotation": max_rotation, "max_translation": max_translation}
-    common: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    common: dict[str, Any] = {"batch_size": batch_size, "progress": progress, "task": task}
     results = [
         natural_accuracy(model, data, **common),
         random_accuracy(model, data, generator=torch.Generator().manual_seed(seed), **space, **common),

@@ -16,8 +16,8 @@ else, once:
   whatever the batch or the rank that scores it, so random searches give the single-process
   numbers under ``torchrun`` too.
 
-The targets are kept generic here (labels today); a task-specific reduction reads them from
-``rows["targets"]``.
+The targets are generic here: the task checks them (labels, masks, boxes, points) and a
+task-specific reduction reads them from ``rows["targets"]``.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from advspatial.errors import (
     AdvSpatialError,
     check_images,
     check_label_range,
-    check_labels,
     check_logits,
     optional_generator,
     positive_int,
 )
+from advspatial.tasks import Classification, Task
 
-__all__ = ["BatchRows", "Data", "KeyedDraws", "Step", "Walk", "model_logits", "walk"]
+__all__ = ["BatchRows", "Data", "KeyedDraws", "Step", "Walk", "model_logits", "model_outputs", "walk"]
 
 Data = Dataset[Any] | DataLoader[Any] | Iterable[Any]
 """What every evaluation function walks: a map-style dataset, a loader, or an iterable of batches."""
@@ -152,6 +152,20 @@ class KeyedDraws:
         return self._table[index.to(self._table.device)].to(device)
 
 
+def model_outputs(model: nn.Module, images: Tensor, task: Task) -> Tensor:
+    """The model's outputs on ``images`` in eval mode (the model is left as it was), checked by ``task``.
+
+    Example:
+        >>> from advspatial.tasks import Segmentation
+        >>> model = torch.nn.Conv2d(1, 3, 1)
+        >>> model_outputs(model, torch.rand(2, 1, 4, 4), Segmentation()).shape
+        torch.Size([2, 3, 4, 4])
+    """
+    with scoring_mode(model) as net, torch.inference_mode():
+        outputs = task.check_outputs(net(images), images.shape[0], (images.shape[-2], images.shape[-1]))
+        return outputs.clone()
+
+
 def model_logits(model: nn.Module, images: Tensor, labels: Tensor | None = None) -> Tensor:
     """The model's float32 logits on ``images`` in eval mode (the model is left as it was), checked.
 
@@ -170,15 +184,14 @@ def model_logits(model: nn.Module, images: Tensor, labels: Tensor | None = None)
     return logits
 
 
-def _pair(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+def _pair(batch: Any, device: torch.device, task: Task) -> tuple[Tensor, Tensor]:
     if not (isinstance(batch, Sequence) and len(batch) == 2):
         raise AdvSpatialError(
-            f"data must yield (images, labels) pairs, got {type(batch).__name__}"
+            f"data must yield (images, targets) pairs, got {type(batch).__name__}"
             + (f" of length {len(batch)}" if isinstance(batch, Sequence) else "")
         )
-    images = check_images(batch[0])
-    targets = check_labels(batch[1], images.shape[0], device)
-    return images.to(device), targets
+    images = check_images(batch[0]).to(device)
+    return images, task.check_targets(batch[1], images)
 
 
 def _is_map_dataset(data: object) -> bool:
@@ -238,11 +251,15 @@ def _progress(batches: Iterable[Any], show: bool, desc: str) -> Iterable[Any]:
 
 
 def _run(
-    batches: Iterable[Any], device: torch.device, step: Step, index_of: Callable[[int, int], Tensor]
+    batches: Iterable[Any],
+    device: torch.device,
+    step: Step,
+    index_of: Callable[[int, int], Tensor],
+    task: Task,
 ) -> Iterator[tuple[BatchRows, Tensor, Tensor]]:
     seen = 0
     for batch in batches:
-        images, targets = _pair(batch, device)
+        images, targets = _pair(batch, device, task)
         index = index_of(seen, images.shape[0])
         seen += images.shape[0]
         out = step(images, targets, index)
@@ -262,6 +279,7 @@ def walk(
     batch_size: int | None = None,
     progress: bool = False,
     draws: Sequence[KeyedDraws] = (),
+    task: Task | None = None,
 ) -> Walk:
     """Run ``step`` on every batch of ``data`` and return every sample's rows in dataset order.
 
@@ -274,6 +292,8 @@ def walk(
         batch_size: batch size for a ``Dataset`` (default 256); refused for other data.
         progress: show a progress bar (on rank 0 only).
         draws: the random streams ``step`` uses, kept in step across ranks.
+        task: checks the targets of each batch (labels for the default
+            :class:`~advspatial.tasks.Classification`, masks for segmentation, ...).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
@@ -309,7 +329,11 @@ def walk(
     parts: dict[str, list[Tensor]] = {"targets": [], _INDEX: []}
     counts: dict[str, int] = {}
     for out, targets, index in _run(
-        _progress(batches, progress and context.is_main, name), device, step, index_of
+        _progress(batches, progress and context.is_main, name),
+        device,
+        step,
+        index_of,
+        task or Classification(),
     ):
         for key, value in out.rows.items():
             if key in ("targets", _INDEX):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from advspatial.errors import check_canvas_size, check_params
+
 __all__ = ["forward_matrices", "sampling_matrices"]
 
 
@@ -56,10 +58,10 @@ def forward_matrices(params: Tensor, canvas_size: tuple[int, int]) -> Tensor:
         >>> (m[0, :, :2] @ torch.tensor([3.0, 2.0]) + m[0, :, 2]).tolist()  # zoom 2x about (2, 2)
         [4.0, 2.0]
     """
-    a, b, c, d, scale = _linear_terms(params)
+    height, width = check_canvas_size(canvas_size)
+    a, b, c, d, scale = _linear_terms(check_params(params, None))
     a, b, c, d = a * scale, b * scale, c * scale, d * scale
     tx, ty = params[:, 1], params[:, 2]
-    height, width = canvas_size
     cx, cy = width / 2.0, height / 2.0
     row_x = torch.stack([a, b, cx - a * cx - b * cy + tx], dim=-1)
     row_y = torch.stack([c, d, cy - c * cx - d * cy + ty], dim=-1)

@@ -5,20 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advspatial.errors import AdvSpatialError, check_params
+from advspatial.errors import AdvSpatialError, check_canvas_size, check_params
 from advspatial.geometry.matrices import forward_matrices
 
 __all__ = ["roto_translate_boxes", "roto_translate_points"]
-
-
-def _check_canvas(canvas_size: object) -> tuple[int, int]:
-    if (
-        not isinstance(canvas_size, tuple | list)
-        or len(canvas_size) != 2
-        or not all(isinstance(v, int) and v > 0 for v in canvas_size)
-    ):
-        raise AdvSpatialError(f"canvas_size must be a pair (H, W) of positive integers, got {canvas_size!r}")
-    return int(canvas_size[0]), int(canvas_size[1])
 
 
 def roto_translate_points(points: Tensor, params: Tensor, canvas_size: tuple[int, int]) -> Tensor:
@@ -46,7 +36,7 @@ def roto_translate_points(points: Tensor, params: Tensor, canvas_size: tuple[int
         shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
         raise AdvSpatialError(f"points must be a tensor of shape (B, N, 2) of (x, y), got {shape}")
     check_params(params, points.shape[0])
-    size = _check_canvas(canvas_size)
+    size = check_canvas_size(canvas_size)
     work = points.to(torch.float64) if not points.is_floating_point() else points
     matrices = forward_matrices(params.to(device=work.device, dtype=work.dtype), size)
     moved = work @ matrices[:, :, :2].transpose(1, 2) + matrices[:, None, :, 2]
@@ -79,7 +69,7 @@ def roto_translate_boxes(
     if not isinstance(boxes, Tensor) or boxes.ndim != 3 or boxes.shape[-1] != 4:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise AdvSpatialError(f"boxes must be a tensor of shape (B, N, 4) of (x1, y1, x2, y2), got {shape}")
-    height, width = _check_canvas(canvas_size)
+    height, width = check_canvas_size(canvas_size)
     work = boxes if boxes.is_floating_point() else boxes.float()
     corners = work[:, :, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # (B, N, 4 corners, 2)
     batch, count = boxes.shape[:2]

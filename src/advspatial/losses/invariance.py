@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from advspatial.engine.model_state import check_model, check_same_device, scoring_mode, unwrap_model
 from advspatial.engine.search import score_candidates
-from advspatial.errors import AdvSpatialError, check_images, check_logits, check_params, choice
+from advspatial.errors import (
+    AdvSpatialError,
+    check_images,
+    check_logits,
+    check_params,
+    choice,
+    images_in_model_dtype,
+)
 from advspatial.geometry.warp import roto_translate
 from advspatial.strategies.grid import GridSearchRotoTranslation
 from advspatial.strategies.result import SearchResult
@@ -196,7 +203,7 @@ class InvarianceRegularizedLoss(nn.Module):
         Returns:
             A scalar tensor; :attr:`last` holds its components.
         """
-        images = check_images(images)
+        images = images_in_model_dtype(check_images(images), self.model)
         check_same_device(self.model, images)
         if images.shape[0] == 0:
             raise AdvSpatialError("images must hold at least one image to compute a mean loss, got 0")

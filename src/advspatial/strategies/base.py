@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from advspatial.engine.model_state import check_model, check_same_device
 from advspatial.engine.objectives import select_worst
 from advspatial.engine.search import Scores, ScoringConfig
-from advspatial.errors import AdvSpatialError, check_images, choice, positive_int
+from advspatial.errors import AdvSpatialError, check_images, choice, images_in_model_dtype, positive_int
 from advspatial.geometry.warp import INTERPOLATIONS, PADDINGS, _warp
 from advspatial.space.box import RotoTranslationBox
 from advspatial.strategies.result import SearchResult
@@ -70,7 +70,7 @@ class SpatialSearch(ABC):
         return self.box.max_translation
 
     def _check_inputs(self, images: object, targets: object) -> tuple[Tensor, Tensor | None]:
-        images = check_images(images)
+        images = images_in_model_dtype(check_images(images), self.model)
         check_same_device(self.model, images)
         if targets is None:
             return images, None

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from advspatial.engine.model_state import scoring_mode
 from advspatial.engine.search import prepare_targets
-from advspatial.errors import flag, optional_generator, positive_int, symmetric_range
+from advspatial.errors import flag, images_fit_model, optional_generator, positive_int, symmetric_range
 from advspatial.geometry.warp import _warp
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
@@ -94,9 +94,20 @@ class SpatialPGD(SpatialSearch):
     def search(
         self, images: Tensor, targets: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> SearchResult:
-        """Run the attack; returns the worst iterate per image (``targets`` as for :class:`WorstOfK`)."""
+        """Run the attack; returns the worst iterate per image (``targets`` as for :class:`WorstOfK`).
+
+        Works also under ``torch.inference_mode``.
+        """
+        with torch.inference_mode(False):
+            return self._search(images, targets, optional_generator(generator))
+
+    def _search(
+        self, images: Tensor, targets: Tensor | None, generator: torch.Generator | None
+    ) -> SearchResult:
         images, targets = self._check_inputs(images, targets)
-        images = images.detach()
+        # Tensors made under inference_mode cannot be saved for the gradient: plain copies.
+        images = images.clone() if images.is_inference() else images.detach()
+        targets = targets.clone() if targets is not None and targets.is_inference() else targets
         batch, device = images.shape[0], images.device
         size = (images.shape[-2], images.shape[-1])
         if self.random_start:
@@ -111,7 +122,7 @@ class SpatialPGD(SpatialSearch):
         evaluations = 0 if targets is not None else batch
         if batch == 0:
             return self._pgd_result(best_params, best_loss, all_correct, best_correct, 0, None)
-        with scoring_mode(self.model) as net:
+        with scoring_mode(self.model) as net, images_fit_model(images):
             prepared = prepare_targets(net, images, targets, self.config, self.task)
             for iteration in range(self.steps + 1):
                 with torch.enable_grad():

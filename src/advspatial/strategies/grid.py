@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import flag
+from advspatial.errors import check_grid_size, flag, images_fit_model
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.tasks import Task
@@ -88,6 +88,7 @@ class GridSearchRotoTranslation(SpatialSearch):
         self.rotations = rotations
         self.translations = translations
         self.early_exit = early_exit
+        check_grid_size(rotations, translations)
         self.candidates = self.box.grid(rotations, translations)
 
     def search(self, images: Tensor, targets: Tensor | None = None) -> SearchResult:
@@ -97,9 +98,16 @@ class GridSearchRotoTranslation(SpatialSearch):
         """
         images, targets = self._check_inputs(images, targets)
         candidates = self.candidates.to(images.device)
-        scores = score_candidates(
-            self.model, images, targets, candidates, self.config, early_exit=self.early_exit, task=self.task
-        )
+        with images_fit_model(images):
+            scores = score_candidates(
+                self.model,
+                images,
+                targets,
+                candidates,
+                self.config,
+                early_exit=self.early_exit,
+                task=self.task,
+            )
         return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:

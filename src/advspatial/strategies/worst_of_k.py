@@ -9,7 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.search import score_candidates
-from advspatial.errors import AdvSpatialError, check_candidates, flag, optional_generator, positive_int
+from advspatial.errors import (
+    AdvSpatialError,
+    candidate_count,
+    check_candidates,
+    flag,
+    images_fit_model,
+    optional_generator,
+)
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.tasks import Task
@@ -88,7 +95,7 @@ class WorstOfK(SpatialSearch):
             autocast=autocast,
             task=task,
         )
-        self.k = positive_int(k, "k")
+        self.k = candidate_count(k, "k")
         flag(include_identity, "include_identity")
         optional_generator(generator)
         self.include_identity = include_identity
@@ -96,7 +103,8 @@ class WorstOfK(SpatialSearch):
 
     def sample(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         """Draw the ``(batch, k [+ 1], 3)`` candidate set (identity first when included)."""
-        draws = self.box.sample((batch, self.k), generator=generator or self.generator, device=device)
+        generator = optional_generator(generator) or self.generator
+        draws = self.box.sample((batch, self.k), generator=generator, device=device)
         if self.include_identity:
             draws = torch.cat([torch.zeros(batch, 1, 3, device=device), draws], dim=1)
         return draws
@@ -138,7 +146,8 @@ class WorstOfK(SpatialSearch):
             if generator is not None:
                 raise AdvSpatialError("pass either candidates or generator to search, not both")
             candidates = check_candidates(candidates, images.shape[0]).to(images.device)
-        scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
+        with images_fit_model(images):
+            scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
         return self._result(scores, candidates, images, targets)
 
     def _extra_repr(self) -> dict[str, Any]:

@@ -83,6 +83,19 @@ class Task(ABC):
         """
         raise AdvSpatialError(f"the {self.name} task has no {regularizer!r} regularizer")
 
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor | None:
+        """Per-sample rows ``(N, S)`` that :meth:`summarize` turns into dataset-level metrics.
+
+        The evaluation sums them over the whole dataset (all ranks under ``torchrun``), e.g. the
+        per-class intersections and unions behind a mean IoU. ``None`` (the default): no metric
+        beyond accuracy, and the evaluation spends no forward pass on it.
+        """
+        return None
+
+    def summarize(self, statistics: Tensor) -> dict[str, float]:
+        """Dataset-level metrics from the stacked rows of :meth:`statistics` (default: none)."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

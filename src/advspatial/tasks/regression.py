@@ -144,6 +144,20 @@ class BoxRegression(Task):
         correct = (box_iou(outputs, safe) >= self.min_iou) | ~valid
         return torch.where(valid, loss, torch.zeros_like(loss)).float(), correct
 
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``(N, 1)`` IoU with the (moved) target box, ``nan`` where the box was dropped."""
+        valid = torch.isfinite(targets).all(dim=1)
+        iou = box_iou(outputs, torch.where(valid[:, None], targets, outputs))
+        return torch.where(valid, iou, torch.full_like(iou, math.nan))[:, None]
+
+    def summarize(self, statistics: Tensor) -> dict[str, float]:
+        """``mean_iou`` over boxes in frame and ``iou_rate``: the share with IoU >= ``min_iou``."""
+        iou = statistics[:, 0]
+        iou = iou[torch.isfinite(iou)]
+        if not iou.numel():
+            return {"mean_iou": float("nan"), "iou_rate": float("nan")}
+        return {"mean_iou": float(iou.mean()), "iou_rate": float((iou >= self.min_iou).float().mean())}
+
     def reference(self, outputs: Tensor) -> Tensor:
         boxes = outputs.float()
         return torch.cat(
@@ -242,6 +256,18 @@ class KeypointRegression(Task):
 
     def reference(self, outputs: Tensor) -> Tensor:
         return outputs.float()
+
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``(N, 2)``: summed distance over visible points and their number."""
+        visible = torch.isfinite(targets).all(dim=-1)
+        safe = torch.where(visible[..., None], targets, outputs)
+        distance = (outputs - safe).norm(dim=-1) * visible
+        return torch.stack([distance.sum(dim=1), visible.sum(dim=1).to(distance.dtype)], dim=1)
+
+    def summarize(self, statistics: Tensor) -> dict[str, float]:
+        """``mean_distance`` in pixels over every visible point of the dataset."""
+        total, count = statistics.double().sum(dim=0)
+        return {"mean_distance": float(total / count) if count > 0 else float("nan")}
 
     def penalty(
         self, clean: Tensor, transformed: Tensor, params: Tensor, size: tuple[int, int], regularizer: str

@@ -154,6 +154,32 @@ class Segmentation(Task):
         pixel = _per_pixel(penalty, moved[:, :-1], transformed)
         return (pixel * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp(min=1)
 
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``(N, 3C)``: per class, the valid pixels predicted and labelled ``c`` (intersection),
+        predicted or labelled ``c`` (union), and labelled ``c``."""
+        classes = outputs.shape[1]
+        valid = (targets != self.ignore_index).flatten(1)
+        labelled = targets.flatten(1).masked_fill(~valid, 0).long()
+        cells = labelled * classes + outputs.argmax(dim=1).flatten(1)
+        confusion = torch.zeros(targets.shape[0], classes * classes, device=outputs.device)
+        confusion.scatter_add_(1, cells, valid.float())
+        confusion = confusion.view(-1, classes, classes)  # [n, label, prediction]
+        intersection = confusion.diagonal(dim1=1, dim2=2)
+        per_label, per_prediction = confusion.sum(dim=2), confusion.sum(dim=1)
+        return torch.cat([intersection, per_label + per_prediction - intersection, per_label], dim=1)
+
+    def summarize(self, statistics: Tensor) -> dict[str, float]:
+        """``miou``: mean over classes present (labelled or predicted) of the dataset-level IoU;
+        ``pixel_accuracy``: over all valid pixels."""
+        intersection, union, labelled = statistics.double().sum(dim=0).chunk(3)
+        present = union > 0
+        if not bool(present.any()):
+            return {"miou": float("nan"), "pixel_accuracy": float("nan")}
+        return {
+            "miou": float((intersection[present] / union[present]).mean()),
+            "pixel_accuracy": float(intersection.sum() / labelled.sum().clamp(min=1)),
+        }
+
     def _reduce(self, pixel_loss: Tensor, hits: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         count = valid.sum(dim=(1, 2))
         loss = (pixel_loss * valid).sum(dim=(1, 2)) / count.clamp(min=1)
