@@ -1,4 +1,4 @@
-"""Every ```python block of README.md and docs/guides/*.md runs, so the how-tos cannot rot.
+"""Every ```python block of README.md and docs/ (guides, API pages, index) runs: the how-tos cannot rot.
 
 How a page's blocks run:
 
@@ -37,7 +37,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    ROOT / "docs" / "index.md",
+    *sorted((ROOT / "docs" / "guides").glob("*.md")),
+    *sorted((ROOT / "docs" / "api").glob("*.md")),
+]
 MAX_NOT_RUN = 6  # blocks marked <!-- no-run: ... --> over all pages
 
 _FENCE = re.compile(
