@@ -45,9 +45,7 @@ PAGES = [
 ]
 MAX_NOT_RUN = 6  # blocks marked <!-- no-run: ... --> over all pages
 
-_FENCE = re.compile(
-    r"^(?P<indent> {0,3})```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M
-)
+_FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M)
 _NO_RUN = re.compile(r"<!--\s*no-run:\s*(?P<reason>.*?)\s*-->", re.S)
 _SETUP = re.compile(r"<!--\s*docs-test-setup\s*\n(?P<code>.*?)-->", re.S)
 
@@ -207,7 +205,8 @@ def test_the_parser_finds_blocks_markers_and_setup(tmp_path: Path) -> None:
     page.write_text(
         "Text\n\n```python\nx = 1\n```\n\n<!-- no-run: needs a GPU -->\n```python\nx.cuda()\n```\n\n"
         "<!-- docs-test-setup\ny = 2\n-->\n```py\nassert y == 2\n```\n\n```bash\nls\n```\n\n"
-        "- item\n\n  ```python\n  z = 3\n  ```\n"
+        "- item\n\n  ```python\n  z = 3\n  ```\n\n"
+        '!!! note "in an admonition"\n    ```python\n    if True:\n        w = 4\n    ```\n'
     )
     found = [(b.code.strip(), b.no_run, b.setup.strip()) for b in python_blocks(page)]
     assert found == [
@@ -215,4 +214,5 @@ def test_the_parser_finds_blocks_markers_and_setup(tmp_path: Path) -> None:
         ("x.cuda()", "needs a GPU", ""),
         ("assert y == 2", None, "y = 2"),
         ("z = 3", None, ""),
+        ("if True:\n    w = 4", None, ""),
     ]
