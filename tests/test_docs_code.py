@@ -27,6 +27,7 @@ How a page's blocks run:
 from __future__ import annotations
 
 import doctest
+import gc
 import re
 import warnings
 from dataclasses import dataclass
@@ -188,6 +189,8 @@ def test_the_python_blocks_of_a_page_run(page: Path, tmp_path: Path, monkeypatch
         except Exception as error:
             code = "\n".join(f"    {line}" for line in block.code.splitlines())
             pytest.fail(f"the block at {block.where} raised {type(error).__name__}: {error}\n{code}")
+    namespace.clear()  # shut down this page's DataLoader workers now, not in a later page's time
+    gc.collect()
 
 
 def test_blocks_that_do_not_run_are_few_and_explained() -> None:
