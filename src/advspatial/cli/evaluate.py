@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from advspatial import __version__
 from advspatial.cli.progress import RemainingWork, say, with_pass_callback
+from advspatial.cli.segmentation_folder import SegmentationFolder, check_segmentation_fit
 from advspatial.distributed.context import (
     DistributedContext,
     barrier,
@@ -46,6 +47,7 @@ from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
 from advspatial.evaluation.sweeps import robustness_sweep
+from advspatial.tasks import Classification, Segmentation, Task
 
 __all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset", "stratified_indices"]
 
@@ -355,6 +357,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "--weights is required (a state dict file: torch.save(model.state_dict(), file)); pass "
             "--random-weights to evaluate the factory's freshly initialised model on purpose"
         )
+    if args.task == "segmentation" and (args.image_folder is None or args.mask_folder is None):
+        raise AdvSpatialError(
+            "--task segmentation needs --image-folder (the images) and --mask-folder (a <name>.png mask "
+            "of class indices per image)"
+        )
+    if args.mask_folder is not None and args.task != "segmentation":
+        raise AdvSpatialError("--mask-folder is read with --task segmentation only")
+    if not 0.0 <= args.min_pixel_accuracy <= 1.0:
+        raise AdvSpatialError(f"--min-pixel-accuracy must be in [0, 1], got {args.min_pixel_accuracy:g}")
     if args.weights is not None and args.random_weights:
         raise AdvSpatialError("--weights and --random-weights exclude each other; pass one of them")
     if not math.isfinite(args.max_rotation) or not 0.0 <= args.max_rotation <= 180.0:
@@ -401,6 +412,33 @@ def _channel_hint(text: str, args: argparse.Namespace) -> str:
     if args.grayscale:
         return f"; the model expects {expected} channels and --grayscale gives 1: drop --grayscale"
     return f"; the model expects {expected} channels and the images have {got}"
+
+
+def _task(args: argparse.Namespace) -> Task:
+    if args.task == "segmentation":
+        return Segmentation(ignore_index=args.ignore_index, min_pixel_accuracy=args.min_pixel_accuracy)
+    return Classification()
+
+
+def _open_segmentation(args: argparse.Namespace) -> tuple[SegmentationFolder, dict[str, Any]]:
+    """The ``--image-folder`` / ``--mask-folder`` pairs (``--limit``: evenly spaced, deterministic)."""
+    dataset = SegmentationFolder(
+        Path(args.image_folder),
+        Path(args.mask_folder),
+        _transform(args.resize, args.grayscale),
+        args.resize,
+        _IMAGE_SUFFIXES,
+    )
+    if args.limit is not None and args.limit < len(dataset):
+        step = len(dataset) / args.limit
+        dataset.pairs = [dataset.pairs[int(i * step)] for i in range(args.limit)]
+    info = {
+        "source": "segmentation_folders",
+        "path": str(args.image_folder),
+        "masks": str(args.mask_folder),
+        "images": len(dataset),
+    }
+    return dataset, info
 
 
 def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args: argparse.Namespace) -> None:
@@ -455,8 +493,13 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
     if args.weights is not None:
         load_weights(model, args.weights)
     model.to(device).eval()
-    dataset, data_info = open_dataset(args)
-    _check_model_fits(model, dataset, data_info, args)
+    task = _task(args)
+    if isinstance(task, Segmentation):
+        dataset, data_info = _open_segmentation(args)
+        check_segmentation_fit(model, dataset, task)
+    else:
+        dataset, data_info = open_dataset(args)
+        _check_model_fits(model, dataset, data_info, args)
     loader: Any = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     progress = not args.no_progress
     if progress and context is None:
@@ -472,8 +515,13 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         **space,
     }
     try:  # under torchrun each call shards the data and returns the whole result on every rank
-        results = robustness_sweep(model, loader, **sweep)
-        profile = rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+        results = robustness_sweep(model, loader, task=task, **sweep)
+        # The rotation profile and the landscape are classification metrics (predicted classes).
+        profile = (
+            rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+            if isinstance(task, Classification)
+            else None
+        )
         if context is not None and not context.is_main:
             return 0
     except RuntimeError as error:
@@ -489,9 +537,10 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
             title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
         ),
         "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
-        "rotation_profile": profile.save_plot(output / "rotation_profile.png", label=args.model),
     }
-    count = min(args.landscape_images, len(dataset))
+    if profile is not None:
+        plots["rotation_profile"] = profile.save_plot(output / "rotation_profile.png", label=args.model)
+    count = min(args.landscape_images, len(dataset)) if profile is not None else 0
     if count > 0:
         images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
         landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
@@ -513,18 +562,26 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
             "pgd_steps": args.pgd_steps,
             "seed": args.seed,
         },
+        "task": repr(task),
         "accuracy": {name: result.to_dict(per_sample=False)["accuracy"] for name, result in results.items()},
+        "metrics": {name: result.to_dict(per_sample=False)["metrics"] for name, result in results.items()},
         "results": {name: result.to_dict() for name, result in results.items()},
-        "labels": results["natural"].labels.tolist(),
-        "rotation_profile": profile.to_dict(),
+        **({"labels": results["natural"].labels.tolist()} if profile is not None else {}),
+        **({"rotation_profile": profile.to_dict()} if profile is not None else {}),
         "plots": {name: path.name for name, path in plots.items()},
         "seconds": time.perf_counter() - start,
     }
     report_path = output / "report.json"
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'attack':<12} accuracy")
-    for name, result in results.items():
-        print(f"{name:<12} {100 * result.accuracy:6.1f} %")
+    if isinstance(task, Segmentation):
+        threshold = f"(robust: pixel accuracy >= {task.min_pixel_accuracy:g} on every candidate)"
+        print(f"{'attack':<12} {'mIoU':>7} {'robust':>8}  {threshold}")
+        for name, result in results.items():
+            print(f"{name:<12} {100 * result.metrics['miou']:6.1f} % {100 * result.accuracy:6.1f} %")
+    else:
+        print(f"{'attack':<12} accuracy")
+        for name, result in results.items():
+            print(f"{name:<12} {100 * result.accuracy:6.1f} %")
     print(f"Report written to {report_path}; plots: {', '.join(p.name for p in plots.values())}")
     return 0
 
@@ -547,7 +604,7 @@ def _with_estimates(loader: DataLoader[Any], args: argparse.Namespace, images: i
         (grid_name, 1, grid),
         (f"first-order ({args.pgd_steps} steps)", pgd, pgd),
         ("rotation profile", 63, 63),  # 31 angles scored with and without labels, + clean
-    ]
+    ][: 6 if args.task == "classification" else 5]  # no rotation profile for segmentation
     stages = [(name, float(images * least), float(images * most)) for name, least, most in per_image]
     work = RemainingWork(stages)
     least = sum(images * stage[1] for stage in per_image)
@@ -619,6 +676,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--max-translation", type=float, metavar="PIXELS", default=3.0, help="pixels (default 3)"
+    )
+    parser.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="what the model predicts (default classification); segmentation reads --mask-folder",
+    )
+    parser.add_argument(
+        "--mask-folder",
+        metavar="FOLDER",
+        help="with --task segmentation: <image name>.png masks of class indices, one per image",
+    )
+    parser.add_argument(
+        "--ignore-index", type=int, default=255, help="mask value that is not scored (default 255)"
+    )
+    parser.add_argument(
+        "--min-pixel-accuracy",
+        type=float,
+        default=0.9,
+        help="segmentation: a transformed image counts as right at this pixel accuracy (default 0.9)",
     )
     parser.add_argument("--k", type=_count(1), default=10, help="candidates of worst-of-k (default 10)")
     parser.add_argument(

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advspatial.engine.search import model_outputs
 from advspatial.errors import AdvSpatialError, positive_int
 from advspatial.evaluation.plots import plot_chosen_transforms
-from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, model_outputs, walk
+from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, walk
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
 from advspatial.strategies.grid import GridSearchRotoTranslation

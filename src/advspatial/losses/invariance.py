@@ -11,12 +11,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from advspatial.engine.model_state import check_model, check_same_device, scoring_mode, unwrap_model
-from advspatial.engine.search import score_candidates
+from advspatial.engine.model_state import check_model, check_same_device, unwrap_model
+from advspatial.engine.search import model_outputs, score_candidates
 from advspatial.errors import (
     AdvSpatialError,
     check_images,
-    check_logits,
     check_params,
     choice,
     images_in_model_dtype,
@@ -267,9 +266,7 @@ class InvarianceRegularizedLoss(nn.Module):
             candidates = attack.sample(images.shape[0], images.device)
         else:
             candidates = attack.candidates.to(images.device)
-        autocast = attack.config.autocast_context(images.device)
-        with scoring_mode(self.model) as net, torch.inference_mode(), autocast:
-            clean = check_logits(net(images), images.shape[0]).float()
+        clean = model_outputs(self.model, images, self.task, attack.config).float()
         penalty = REGULARIZERS[self.regularizer]
 
         def objective(logits: Tensor, rows: Tensor) -> Tensor:

@@ -121,6 +121,7 @@ class SpatialSearch(ABC):
             evaluations=scores.evaluations,
             exhaustive_evaluations=scores.exhaustive_evaluations,
             targets=self._moved_targets(targets, chosen, images),
+            chunk_size=scores.chunk_size,
         )
 
     def _extra_repr(self) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class SearchResult:
         targets: the targets moved by the chosen transforms, as the task moves them (labels
             unchanged, masks ``(B, H, W)``, boxes ``(B, 4)``, points ``(B, P, 2)``), so a training
             step can use them directly; ``None`` when the search ran without targets.
+        chunk_size: (image, candidate) pairs per forward pass when the search ended (the chunk
+            tuner's choice unless ``chunk_size`` was given); ``None`` for searches that do not chunk.
     """
 
     params: Tensor
@@ -43,6 +45,7 @@ class SearchResult:
     evaluations: int
     exhaustive_evaluations: int
     targets: Tensor | None = None
+    chunk_size: int | None = None
 
     @property
     def saved_evaluations(self) -> int:

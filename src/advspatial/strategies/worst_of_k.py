@@ -48,7 +48,8 @@ class WorstOfK(SpatialSearch):
             ``None`` uses torch's global generator.
         interpolation: ``"bilinear"`` or ``"nearest"`` (see :class:`advspatial.engine.ScoringConfig`).
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
-        chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
+        chunk_size: (image, candidate) pairs per forward pass; ``None`` measures the fastest size on
+            the first chunks and keeps it (see :mod:`advspatial.engine.tuning`).
         autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
         task: what candidates are scored against (:mod:`advspatial.tasks`); default
             :class:`~advspatial.tasks.Classification` (labels). With ``Segmentation()``, ``search``
