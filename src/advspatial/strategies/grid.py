@@ -176,6 +176,8 @@ class GridSearchRotoTranslation(GridSearch):
         max_translation: pixels, a scalar for both axes or an ``(x, y)`` pair.
         selection: ``"engstrom"`` or ``"max_loss"`` (see :class:`WorstOfK`).
         early_exit: accuracy only: stop scoring an image once some candidate fools the model.
+            **Off by default here** (``params`` is each image's highest-loss grid point, what
+            training needs), while :func:`advspatial.evaluation.grid_accuracy` turns it on.
             ``result.correct`` is exact; for fooled images ``result.params`` is *a* fooling
             transform rather than the one of highest loss. ``result.saved_evaluations`` tells how
             many forward evaluations were not needed.
