@@ -51,3 +51,14 @@ def test_label_free_search_and_evaluation_back_off() -> None:
     # cat([x, x']) runs with gradients, as one batch.
     assert torch.isfinite(loss(images, labels).detach())
     assert model.largest <= 4
+
+
+def test_model_outputs_follow_the_dtype_rule() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double()
+    images = torch.rand(5, 1, 4, 4)
+    outputs = model_outputs(model, images, Classification())
+    assert outputs.dtype == torch.float64
+    assert torch.allclose(outputs, model(images.double()).detach())
+    assert natural_accuracy(model, TensorDataset(images, torch.zeros(5, dtype=torch.long))).correct.shape == (
+        5,
+    )

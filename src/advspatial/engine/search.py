@@ -19,7 +19,7 @@ from advspatial.engine.model_state import check_same_device, scoring_mode
 from advspatial.engine.objectives import Targets
 from advspatial.engine.ordering import score_until_fooled
 from advspatial.engine.tuning import RoundBudget, chunk_tuner
-from advspatial.errors import AdvSpatialError
+from advspatial.errors import AdvSpatialError, images_in_model_dtype
 from advspatial.geometry.warp import _warp
 from advspatial.tasks import Classification, Task
 
@@ -183,6 +183,7 @@ def model_outputs(
     """
     if images.shape[0] == 0:
         raise AdvSpatialError("images must hold at least one image to run the model on, got 0")
+    images = images_in_model_dtype(images, model)  # the library's one dtype rule
     with scoring_mode(model) as net:
         return _Scorer(net, images, images.new_zeros(0, 3), config, task).outputs()
 
