@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tests.checks import assert_model_unchanged, model_snapshot
 from tests.test_tasks import IGNORE, _blobs, _trained_segmenter
 from torch import Tensor
 from torch.utils.data import TensorDataset
@@ -53,11 +54,14 @@ def test_natural_and_grid_miou_match_a_plain_loop() -> None:
 
 
 def test_robustness_sweep_with_segmentation_and_batch_independence() -> None:
-    net = _trained_segmenter()
+    net = _trained_segmenter().train()
     images, masks = _blobs(9, seed=3)
+    net(images).sum().backward()
+    before = model_snapshot(net)
     data = TensorDataset(images, masks)
     options = {"rotations": 3, "translations": 3, "pgd_steps": 2, "task": Segmentation()}
     results = robustness_sweep(net, data, batch_size=4, **options)
+    assert_model_unchanged(net, before)
     again = robustness_sweep(net, data, batch_size=9, **options)
     assert sorted(results) == ["first_order", "grid", "natural", "random", "worst_of_10"]
     for name, result in results.items():
