@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,7 +185,7 @@ def test_unet_output_shape_for_any_size() -> None:
         20,
         24,
     )
-    assert 5_000 < sum(p.numel() for p in net.parameters()) < 100_000
+    assert 5_000 < sum(p.numel() for p in net.parameters()) < 150_000
     with pytest.raises(AdvSpatialError, match="num_classes"):
         UNet(num_classes=0)
 
@@ -193,7 +197,7 @@ def test_unet_overfits_a_tiny_batch(segmentation) -> None:
     torch.manual_seed(0)
     net = UNet()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(80):
+    for _ in range(60):
         loss = F.cross_entropy(net(images), masks)
         optimizer.zero_grad()
         loss.backward()
@@ -247,3 +251,26 @@ def test_heatmap_regressor_learns_a_tiny_batch(localization, output) -> None:
     with torch.no_grad():
         after = float((net.eval()(images) - target).abs().mean())
     assert after < 2.5 < 5.0 < before, (before, after)
+
+
+# --------------------------------------------------------------------------------------------- the example
+
+
+def test_segmentation_example_losses_and_evaluation_run(segmentation, monkeypatch) -> None:
+    """examples/segmentation_digits.py: every training loss backpropagates, the evaluation is in range."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.delitem(sys.modules, "segmentation_digits", raising=False)
+    example = importlib.import_module("segmentation_digits")
+    train, test = segmentation
+    images, masks = train.tensors[0][:4], train.tensors[1][:4]
+    for name, factory in example.RUNS.items():
+        torch.manual_seed(0)
+        model = UNet(width=4)
+        loss = factory(model, 0)(images, masks)
+        loss.backward()
+        assert loss.ndim == 0 and bool(torch.isfinite(loss)), name
+        assert all(p.grad is not None for p in model.parameters()), name
+    small = torch.utils.data.TensorDataset(*(t[:8] for t in test.tensors))
+    scores = example.evaluate(model.eval(), small, grid_images=4, grid_shape=(3, 1))
+    assert set(scores) == {"natural", "random", "worst-of-10", "grid"}
+    assert all(0.0 <= miou <= 1.0 and 0.0 <= robust <= 1.0 for miou, robust in scores.values())

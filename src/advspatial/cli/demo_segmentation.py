@@ -90,7 +90,7 @@ def run_segmentation_demo(
     """Train and score every recipe of :data:`SEGMENTATION_RECIPES` (one line logged per recipe).
 
     Args:
-        epochs: training epochs per model (Adam 1e-2, cosine, batch 16).
+        epochs: training epochs per model (Adam 3e-3, cosine, batch 16).
         seed: seed of the data, the initialisation and the attacks.
         test_images: score the first ``test_images`` test canvases (all 179 when ``None``).
         grid: ``(rotations, translations)`` of the grid over +-30 degrees, +-3 px.
@@ -114,7 +114,7 @@ def run_segmentation_demo(
             train,
             epochs=epochs,
             batch_size=16,
-            lr=1e-2,
+            lr=3e-3,
             loss_fn=recipe(model, seed),
             seed=seed,
             progress=progress,

@@ -28,9 +28,11 @@ class UNet(nn.Module):
     ``depth`` max-pool steps down (channels ``width, 2 width, ..., 2^depth width``), each followed by two
     3 x 3 conv-BN-ReLU layers; back up by bilinear upsampling to the skip's size, concatenation with the
     skip and two conv-BN-ReLU layers; a 1 x 1 convolution gives the logits. Any ``H, W >= 1`` work (an
-    odd size is handled by the upsampling to the skip's size). With the defaults (``width=8``,
-    ``depth=2``) it has about 29k parameters and a receptive field of about 40 pixels, enough to see a
-    whole 14 x 14 digit of :func:`advspatial.data.load_digits_segmentation`.
+    odd size is handled by the upsampling to the skip's size). With the defaults (``width=16``,
+    ``depth=2``) it has about 118k parameters and a receptive field of about 40 pixels, enough to see a
+    whole 14 x 14 digit of :func:`advspatial.data.load_digits_segmentation`; 10 epochs of Adam (3e-3,
+    batch 16) reach a test mean IoU of about 0.92 there (3 seeds). ``width=8`` (30k parameters) is
+    4 times cheaper but trains less reliably on that set (0.32 to 0.87 over the same seeds).
 
     Args:
         in_channels: image channels.
@@ -48,7 +50,7 @@ class UNet(nn.Module):
         torch.Size([2, 11, 32, 32])
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 11, width: int = 8, depth: int = 2) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 11, width: int = 16, depth: int = 2) -> None:
         super().__init__()
         positive_int(in_channels, "in_channels")
         positive_int(num_classes, "num_classes")
