@@ -150,3 +150,23 @@ def digits_models() -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tens
         "standard": (standard.eval(), images, labels),
         "augmented": (augmented.eval(), images, labels),
     }
+
+
+@pytest.fixture(scope="session")
+def early_exit_models(
+    request: pytest.FixtureRequest,
+) -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
+    """The trained digits CNNs of :func:`digits_models`; with ``ADVSPATIAL_BENCH_QUICK=1`` two untrained
+    SmallCNNs on 16 random images instead (a smoke run: no training, meaningless accuracies)."""
+    if os.environ.get("ADVSPATIAL_BENCH_QUICK") != "1":
+        models: dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = request.getfixturevalue(
+            "digits_models"
+        )
+        return models
+    from advspatial.models import SmallCNN
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 1, 28, 28, generator=generator)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    torch.manual_seed(0)
+    return {name: (SmallCNN().eval(), images, labels) for name in ("standard", "augmented")}

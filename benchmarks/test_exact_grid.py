@@ -3,7 +3,7 @@
 An image is robust only if all 775 grid candidates are classified right, so the least possible work is
 775 forward evaluations per robust image and 1 per non-robust image (its first fooling candidate,
 known in advance). The benchmark compares the early-exit search with that minimum in evaluations and
-in time (bare forward passes over that many pre-warped pairs, in chunks of the engine's size), on
+in time (bare forward passes over that many pre-warped pairs, in chunks of the engine's tuned size), on
 (a) a naturally trained and (b) a roto-translation-augmented digits CNN.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from advspatial import GridSearchRotoTranslation, roto_translate
-from advspatial.engine import default_chunk_size
+from advspatial.engine.tuning import chunk_tuner
 from benchmarks.conftest import best_seconds, paired_best_seconds, record
 
 
@@ -63,7 +63,8 @@ def test_early_exit_against_minimum(benchmark, digits_models, case: str) -> None
     robust = int(exhaustive.correct.sum())
     count = early.candidates.shape[0]
     minimum = robust * count + (images.shape[0] - robust)
-    bare_run, scale = bare_forward_pass(model, images, minimum, default_chunk_size(images))
+    # The engine's chunk: the tuner's choice after the searches above.
+    bare_run, scale = bare_forward_pass(model, images, minimum, chunk_tuner(model, images).size())
     # Timed alternately: the machine's speed drifts by tens of percent over minutes.
     rounds = 7 if case == "standard" else 3
     searched, bare_s = paired_best_seconds(

@@ -73,3 +73,40 @@ def assert_same_state(
         (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
         for a, b in zip(grads, after_grads, strict=True)
     )
+
+
+class TinySegmenter(nn.Module):
+    """Per-pixel logits ``(N, classes, H, W)`` of any image: channel mean, BatchNorm, dropout (state the
+    search must leave alone) and one convolution."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(1)
+        self.drop = nn.Dropout2d(0.2)
+        self.conv = nn.Conv2d(1, classes, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.drop(self.bn(x.mean(1, keepdim=True))))
+
+
+class TinyLocator(nn.Module):
+    """``(N, 4)`` boxes (``points=0``) or ``(N, points, 2)`` keypoints from a ``size`` x ``size`` image,
+    with BatchNorm and dropout."""
+
+    def __init__(self, size: int = 12, points: int = 0) -> None:
+        super().__init__()
+        self.points = points
+        self.bn = nn.BatchNorm2d(1)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(size * size, 2 * points if points else 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.head(self.drop(self.bn(x.mean(1, keepdim=True)).flatten(1))) * 4.0 + 6.0
+        return out.reshape(-1, self.points, 2) if self.points else out
+
+
+def dense_model(kind: str, seed: int = 0, size: int = 12) -> nn.Module:
+    """A model in training mode for ``kind`` in ``("masks", "boxes", "points")``."""
+    torch.manual_seed(seed)
+    net = TinySegmenter() if kind == "masks" else TinyLocator(size, points=2 if kind == "points" else 0)
+    return net.train()

@@ -42,11 +42,12 @@ def check_transform(
     before = model_snapshot(model)
     original = images.clone()
 
+    columns = transform.box.columns  # 3 for roto-translation, 6 for an affine space
     result = transform.search(images, labels)
     out = transform(images, labels)
     assert torch.equal(images, original), "the input was modified in place"
     assert out.shape == images.shape and out.dtype == images.dtype and out.device == images.device
-    assert result.params.shape == (images.shape[0], 3)
+    assert result.params.shape == (images.shape[0], columns)
     assert result.loss.shape == (images.shape[0],)
     assert result.correct.shape == (images.shape[0],) and result.correct.dtype == torch.bool
     assert bool(transform.box.contains(result.params).all())
@@ -58,10 +59,10 @@ def check_transform(
 
     # Without labels, and on an empty batch.
     unlabeled = transform.search(images)
-    assert unlabeled.params.shape == (images.shape[0], 3)
+    assert unlabeled.params.shape == (images.shape[0], columns)
     empty = transform(images[:0], labels[:0])
     assert empty.shape == (0, *images.shape[1:])
-    assert transform.search(images[:0], labels[:0]).params.shape == (0, 3)
+    assert transform.search(images[:0], labels[:0]).params.shape == (0, columns)
     assert_model_unchanged(model, before)
 
     # repr names the class; pickling round-trips and gives a working transform.

@@ -274,6 +274,30 @@ def test_a_forked_pool_after_a_search_does_not_hang() -> None:
     assert "(64, 64, 3)" in done.stdout
 
 
+def test_keypoints_follow_an_affine_row_like_albumentations_affine() -> None:
+    """A row ``(angle, 0, 0, scale, 0, 0)`` moves keypoints, their angle and their scale as A.Affine."""
+    from advspatial import AffineBox
+
+    space = AffineBox(max_rotation=40, max_translation=0, scale=(0.7, 1.4))
+    search = WorstOfK(tiny_model(), k=1, space=space, generator=torch.Generator().manual_seed(3))
+    image = np.random.default_rng(8).random((SIZE, SIZE, 1)).astype(np.float32)
+    params = A.KeypointParams(format="xyas", remove_invisible=False, angle_in_degrees=True)
+    out = A.ReplayCompose([SpatialSearchAlbumentations(search)], keypoint_params=params)(
+        image=image, keypoints=[(4.0, 5.0, 10.0, 2.0)], label=2
+    )
+    row = torch.as_tensor(out["replay"]["transforms"][0]["params"]["roto"])[0]
+    angle, scale = float(row[0]), float(row[3])
+    assert abs(angle) > 1 and abs(scale - 1) > 0.01
+    theirs = A.Compose(
+        [A.Affine(rotate=(angle, angle), scale=(scale, scale), p=1.0)], keypoint_params=params
+    )(image=image, keypoints=[(4.0, 5.0, 10.0, 2.0)])
+    np.testing.assert_allclose(out["keypoints"][0][2:4], theirs["keypoints"][0][2:4], atol=1e-3)
+    moved = roto_translate_points(
+        torch.tensor([[[4.5, 5.5]]], dtype=torch.float64), row[None].double(), (SIZE, SIZE)
+    )
+    np.testing.assert_allclose(out["keypoints"][0][:2], moved[0, 0].numpy() - 0.5, atol=1e-4)
+
+
 def test_dataloader_workers_draw_distinct_candidates_from_a_seeded_pipeline() -> None:
     """Workers hold copies of albumentations' random state; the worker seed keeps their draws apart."""
     model = tiny_model()

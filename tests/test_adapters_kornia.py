@@ -206,3 +206,30 @@ def test_image_and_model_dtypes_may_differ(image_dtype: torch.dtype, model_dtype
     row = search.search(images.to(model_dtype), labels).params
     assert out.dtype == image_dtype
     assert torch.equal(out, roto_translate(images, row.to(image_dtype)))
+
+
+def test_affine_search_gates_with_identity_rows_and_moves_every_key() -> None:
+    """An affine search: ungated samples get the identity row (0, 0, 0, 1, 0, 0), masks follow."""
+    from advspatial import AffineBox, GridSearch
+
+    space = AffineBox(max_rotation=30, max_translation=2, scale=(0.8, 1.25), shear=10)
+    search = GridSearch(tiny_model(), space=space, steps=(3, 1, 1, 3, 3, 1))
+    aug = SpatialSearchKornia(search, p=0.5)
+    seq = K.AugmentationSequential(aug, data_keys=["input", "mask"])
+    images = torch.rand(8, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    masks = torch.randint(0, 4, (8, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(5)).float()
+    labels = torch.arange(8) % 5
+    torch.manual_seed(3)
+    with aug.labels(labels):
+        out, moved = seq(images, masks)
+    gate = aug._params["batch_prob"] > 0.5
+    assert 0 < int(gate.sum()) < 8
+    rows = space.identity((8,))
+    rows[gate] = search.search(images[gate], labels[gate]).params
+    assert torch.equal(aug.last_params, rows)
+    assert torch.equal(out[~gate], images[~gate])
+    assert torch.equal(out[gate], roto_translate(images[gate], rows[gate]))
+    torch.testing.assert_close(moved, roto_translate_masks(masks, rows.double()))
+    matrices = kornia_matrices(rows[gate], (SIZE, SIZE))
+    warped = warp_affine(images[gate], matrices[:, :2], (SIZE, SIZE), align_corners=True)
+    torch.testing.assert_close(warped, out[gate], atol=1e-5, rtol=0)

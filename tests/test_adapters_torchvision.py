@@ -302,3 +302,45 @@ def test_boxes_in_a_batch_are_refused() -> None:
         SpatialSearchV2(grid_search(tiny_model()))(
             torch.rand(2, 1, SIZE, SIZE), {"labels": torch.tensor([0, 1]), "boxes": boxes}
         )
+
+
+def test_affine_rows_move_every_target_as_torchvisions_affine() -> None:
+    """An affine search: image, mask, boxes and keypoints equal v2's ``affine`` with scale and shear."""
+    from advspatial import AffineBox, GridSearch
+
+    space = AffineBox(max_rotation=20, max_translation=2, scale=(0.8, 1.25), shear=10)
+    search = GridSearch(tiny_model(), space=space, steps=(3, 1, 3, 3, 3, 1))
+    image, mask, boxes, points = _sample(1)
+    sample = (
+        tv_tensors.Image(image),
+        {
+            "label": 2,
+            "mask": tv_tensors.Mask(mask),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(SIZE, SIZE)),
+            "points": tv_tensors.KeyPoints(points, canvas_size=(SIZE, SIZE)),
+        },
+    )
+    transform = SpatialSearchV2(search)
+    out_image, target = transform(sample)
+    row = transform.last_result.params[0]  # type: ignore[union-attr]
+    assert row.shape == (6,) and not torch.equal(row, space.identity(()))
+
+    def affine(item: object, nearest: bool = False) -> torch.Tensor:
+        mode = v2.InterpolationMode.NEAREST if nearest else v2.InterpolationMode.BILINEAR
+        angle, tx, ty, scale, shear_x, shear_y = (float(v) for v in row)
+        moved = F.affine(
+            item,
+            angle=-angle,
+            translate=[tx, ty],
+            scale=scale,
+            shear=[-shear_x, -shear_y],
+            interpolation=mode,
+        )
+        return moved.as_subclass(torch.Tensor)
+
+    torch.testing.assert_close(out_image.as_subclass(torch.Tensor), affine(image), atol=1e-5, rtol=0)
+    assert (
+        target["mask"].as_subclass(torch.Tensor) != affine(tv_tensors.Mask(mask), nearest=True)
+    ).sum() <= 2
+    torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), affine(sample[1]["boxes"]))
+    torch.testing.assert_close(target["points"].as_subclass(torch.Tensor), affine(sample[1]["points"]))

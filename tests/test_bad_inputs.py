@@ -31,6 +31,7 @@ from advspatial import (
 )
 from advspatial.curriculum import linf_pgd
 from advspatial.errors import MAX_CANDIDATES
+from advspatial.space import AffineBox
 
 
 def _model(channels: int = 1) -> nn.Module:
@@ -169,6 +170,12 @@ ROWS: list[tuple[str, Callable[[], object], str]] = [
     ("Box grid translations", lambda: RotoTranslationBox.of(1, 1).grid(3, "a"), "translations"),  # type: ignore[arg-type]
     ("Box sample shape", lambda: RotoTranslationBox.of(1, 1).sample((-1,)), "shape"),
     ("Box sample generator", lambda: RotoTranslationBox.of(1, 1).sample((2,), generator="cpu"), "generator"),  # type: ignore[arg-type]
+    ("AffineBox max_rotation", lambda: AffineBox(max_rotation=-1), "max_rotation"),
+    ("AffineBox scale", lambda: AffineBox(scale=(0.0, 1.0)), "scale"),
+    ("AffineBox shear", lambda: AffineBox(shear=-1), "shear"),
+    ("AffineBox grid steps", lambda: AffineBox().grid((1, 2, 3)), "steps"),
+    ("AffineBox sample shape", lambda: AffineBox().sample((-1,)), "shape"),
+    ("AffineBox sample generator", lambda: AffineBox().sample((2,), generator="cpu"), "generator"),  # type: ignore[arg-type]
 ]
 
 # search() and __call__ of each search strategy: the same mistakes for every strategy.

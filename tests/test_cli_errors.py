@@ -117,6 +117,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     _images(tmp_path / "images")
     _images(tmp_path / "three", classes=("a", "b", "c"))
     _images(tmp_path / "tiny", size=1)
+    _images(tmp_path / "mixed")
+    Image.new("RGB", (10, 9)).save(tmp_path / "mixed" / "square" / "z.png")
     for name, content in (
         ("empty", b""),
         ("corrupt", b"this is not a png" * 8),
@@ -150,6 +152,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("corrupt image", _replace(BASE, "--image-folder", "corrupt"), "cannot read image corrupt/circle/z.png"),
     ("decompression bomb", _replace(BASE, "--image-folder", "bomb"), "DecompressionBombError"),
     ("1x1 images", _replace(BASE, "--image-folder", "tiny"), "too small to rotate or shift; pass --resize"),
+    ("images of two sizes", _replace(BASE, "--image-folder", "mixed"), "the images differ in size"),
     (
         "factory raises",
         _replace(BASE, "--model", "user_models:raises"),
@@ -244,19 +247,31 @@ CASES: list[tuple[str, list[str], str]] = [
         "--image-folder: folder not found",
     ),
     ("dataset not on disk", [*_without(BASE, "--image-folder"), "--dataset", "CIFAR10"], "never downloads"),
+    ("forgotten --model", _without(BASE, "--model"), "the following arguments are required: --model"),
+    ("k of 0", [*BASE, "--k", "0"], "argument --k: expected an integer >= 1, got '0'"),
+    ("rotation not a number", [*BASE, "--max-rotation", "thirty"], "argument --max-rotation: invalid float"),
+    ("unknown option", [*BASE, "--max-rotations", "30"], "unrecognized arguments: --max-rotations"),
 ]
+
+
+def _run(args: list[str]) -> int:
+    """``advspatial args`` in this process; argparse's own mistakes end in ``SystemExit``."""
+    try:
+        return main(args)
+    except SystemExit as stop:
+        return int(stop.code or 0)
 
 
 @pytest.mark.parametrize(("args", "message"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_a_user_mistake_exits_2_with_one_line(
     workspace: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    code = main(["evaluate", *args])
+    code = _run(["evaluate", *args])
     captured = capsys.readouterr()
     assert code == 2, captured.err
     lines = captured.err.splitlines()
     assert len(lines) == 1, captured.err
-    assert lines[0].startswith("advspatial evaluate: error: ")
+    assert lines[0].startswith(("advspatial evaluate: error: ", "advspatial: error: "))
     assert message in lines[0], lines[0]
     assert captured.out == ""
     assert not (workspace / "advspatial-report").exists()  # refused before anything was written
@@ -265,7 +280,7 @@ def test_a_user_mistake_exits_2_with_one_line(
 
 
 def test_the_table_lists_every_mistake_of_the_issue() -> None:
-    assert len(CASES) == 33
+    assert len(CASES) == 38
 
 
 def test_the_working_folder_is_searched_last_and_only_for_the_factory(workspace: Path) -> None:
@@ -291,7 +306,7 @@ SHADOW = "raise SystemExit('the matplotlib.py of the working folder was imported
 
 
 def test_a_matplotlib_py_in_the_working_folder_is_never_imported(workspace: Path) -> None:
-    """A real process (``python -P``: Python itself adds no folder): the report and plots are written."""
+    """A real process started like the console script (``python -P``: no folder added at start-up)."""
     (workspace / "matplotlib.py").write_text(SHADOW)
     (workspace / "tqdm.py").write_text(SHADOW)
     result = run_python(
@@ -323,3 +338,81 @@ def test_a_matplotlib_py_in_the_working_folder_is_never_imported(workspace: Path
     report = json.loads((workspace / "advspatial-report" / "report.json").read_text())
     assert report["weights"] is None and report["data"]["images"] == 4
     assert (workspace / "advspatial-report" / "accuracy.png").stat().st_size > 1000
+
+
+QUICK = [
+    "--grid-rotations",
+    "3",
+    "--grid-translations",
+    "1",
+    "--pgd-steps",
+    "1",
+    "--k",
+    "2",
+    "--device",
+    "cpu",
+]
+
+
+def test_random_weights_and_resize_run_and_the_report_survives_a_failing_plot(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 x 1 images are fine once resized; report.json is written before the plots are drawn."""
+    import advspatial.cli.evaluate as evaluate
+
+    def broken_plot(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(evaluate, "plot_accuracies", broken_plot)
+    args = [
+        *_without(_replace(BASE, "--image-folder", "tiny"), "--weights"),
+        "--random-weights",
+        "--resize",
+        "8",
+    ]
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        main(["evaluate", *args, *QUICK, "--landscape-images", "0"])
+    report = json.loads((workspace / "advspatial-report" / "report.json").read_text())
+    assert report["weights"] is None and report["data"]["images"] == 4
+    assert set(report["accuracy"]) == {"natural", "random", "worst_of_2", "grid", "first_order"}
+    assert capsys.readouterr().err == ""
+
+
+def test_a_missing_matplotlib_is_reported_before_computing(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
+    assert main(["evaluate", *BASE]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "pip install 'advspatial[demo]'" in lines[0]
+    assert not (workspace / "advspatial-report").exists()
+
+
+def test_python_m_drops_the_working_folder_it_put_first(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m advspatial.cli.main`` (torchrun) starts with the folder first; lazy imports skip it."""
+    from advspatial.cli.main import _drop_working_folder
+
+    rest = [p for p in sys.path if p not in ("", str(workspace))]
+    monkeypatch.setattr(sys, "path", [str(workspace), *rest])
+    _drop_working_folder()
+    assert sys.path == rest
+    _drop_working_folder()  # a path that does not start with the working folder is left alone
+    assert sys.path == rest
+
+
+def test_the_model_check_follows_the_dtype_rule(workspace: Path) -> None:
+    """A float64 model is scored on float32 images cast to its dtype, as the searches do: no refusal."""
+    from advspatial.cli.evaluate import _check_model_fits, open_dataset
+    from advspatial.cli.main import build_parser
+
+    args = build_parser().parse_args(["evaluate", *BASE])
+    dataset, info = open_dataset(args)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)).double()
+    _check_model_fits(model, dataset, info, args)

@@ -78,7 +78,8 @@ def test_evaluate_prints_the_plan_and_a_time_estimate_after_each_pass(
     monkeypatch.syspath_prepend(str(folder))
     code = main(
         [
-            "evaluate", "--model", "user_models:make", "--image-folder", "images", "--grayscale",
+            "evaluate", "--model", "user_models:make", "--random-weights",
+            "--image-folder", "images", "--grayscale",
             "--grid-rotations", "3", "--grid-translations", "3", "--pgd-steps", "1",
             "--landscape-images", "0", "--device", "cpu", "--output", "report",
         ]

@@ -208,3 +208,35 @@ def test_bad_inputs_are_rejected_and_empty_batch_works() -> None:
         cusp(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1]))
     assert cusp(torch.rand(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)).shape == (0, 1, 28, 28)
     assert "CurriculumSpatial(model=SmallCNN" in repr(cusp)
+
+
+def test_each_step_checks_the_labels_once_and_reuses_one_worst_of_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    import advspatial.curriculum.cusp as cusp_module
+    import advspatial.curriculum.pgd as pgd_module
+    import advspatial.tasks.classification as classification_module
+
+    calls: list[str] = []
+    for module in (cusp_module, pgd_module, classification_module):
+        original = module.check_labels
+
+        def counted(*args, _original=original, _name=module.__name__, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "check_labels", counted)
+    model, (images, labels) = _model(), _batch(2)
+    for spatial, adversarial, expected in (
+        ("random", "pgd", 1),  # PGD checks them; CuSP adds no check (each is a device sync)
+        ("random", "none", 1),  # nobody else looks at the labels: CuSP checks them itself
+        ("worst_of_k", "none", 1),  # the worst-of-k search checks them
+    ):
+        calls.clear()
+        cusp = CurriculumSpatial(model, spatial=spatial, adversarial=adversarial, k=3, steps=1)
+        cusp(images, labels)
+        assert len(calls) == expected, (spatial, adversarial, calls)
+    cusp = CurriculumSpatial(model, spatial="worst_of_k", k=3, generator=torch.Generator().manual_seed(0))
+    search = cusp._worst_of_k
+    cusp(images, labels)
+    cusp.step()
+    cusp(images, labels)
+    assert cusp._worst_of_k is search  # built once, not per step or stage

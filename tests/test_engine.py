@@ -220,6 +220,7 @@ class RecordsBatchSizes(nn.Module):
 def test_imagenet_size_grid_is_scored_in_bounded_chunks() -> None:
     """256 ImageNet-size images x 775 candidates are never warped at once: small, fixed chunks."""
     from advspatial.engine import default_chunk_size
+    from advspatial.engine.tuning import chunk_tuner
 
     images = torch.rand(2, 3, 224, 224)
     chunk = default_chunk_size(images)
@@ -227,5 +228,7 @@ def test_imagenet_size_grid_is_scored_in_bounded_chunks() -> None:
     recorder = RecordsBatchSizes()
     grid = GridSearchRotoTranslation(recorder, max_translation=24).candidates
     scores = score_candidates(recorder, images, torch.zeros(2, dtype=torch.long), grid)
-    assert max(recorder.sizes) == chunk
+    # The tuner starts at the default and climbs, never past its memory bound.
+    limit = chunk_tuner(recorder, images).limit
+    assert recorder.sizes[0] == chunk and max(recorder.sizes) <= limit and max(recorder.sizes) < 2 * 775
     assert sum(recorder.sizes) == scores.evaluations == 2 * 775

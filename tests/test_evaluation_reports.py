@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from advspatial import AdvSpatialError, GridSearchRotoTranslation, WorstOfK, roto_translate
+from advspatial.cli.benchmark_cost import measure_against_best_bare
 from advspatial.evaluation import (
     first_order_accuracy,
     grid_accuracy,
@@ -28,7 +29,6 @@ from advspatial.evaluation import (
     worst_of_k_accuracy,
 )
 from advspatial.evaluation.plots import plot_accuracies
-from advspatial.evaluation.throughput import measure_search_cost
 from checks import assert_model_unchanged, model_snapshot
 from conftest import TinyCNN
 
@@ -308,14 +308,18 @@ def test_plot_titles_say_what_is_shown(model, tmp_path: Path, monkeypatch: pytes
 
 def test_search_cost_measures_the_same_pairs(model) -> None:
     images, labels = torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])
-    cost = measure_search_cost(
-        GridSearchRotoTranslation(model, rotations=3, translations=3), images, labels, rounds=1
+    cost = measure_against_best_bare(
+        GridSearchRotoTranslation(model, rotations=3, translations=3),
+        images,
+        labels,
+        rounds=1,
+        sizes=(16, 64),
     )
     assert cost.evaluations == 4 * 27
-    assert cost.search_seconds > 0 and cost.bare_seconds > 0
-    assert cost.ratio == pytest.approx(cost.search_seconds / cost.bare_seconds)
+    assert cost.search_seconds > 0 and all(seconds > 0 for seconds in cost.bare_seconds.values())
+    assert cost.ratio == pytest.approx(cost.search_seconds / cost.bare_seconds[cost.best_batch])
     with pytest.raises(AdvSpatialError, match="exhaustive"):
-        measure_search_cost(GridSearchRotoTranslation(model, early_exit=True), images, labels)
+        measure_against_best_bare(GridSearchRotoTranslation(model, early_exit=True), images, labels)
 
 
 def test_worst_of_k_scores_the_candidates_it_is_given(model) -> None:
@@ -342,3 +346,14 @@ def test_worst_of_k_scores_the_candidates_it_is_given(model) -> None:
             attack.search(images, labels, candidates=bad)  # type: ignore[arg-type]
     with pytest.raises(AdvSpatialError, match="either candidates or generator"):
         attack.search(images, labels, candidates=table, generator=torch.Generator())
+
+
+def test_search_cost_takes_affine_searches(model) -> None:
+    from advspatial import AffineBox, GridSearch
+
+    images, labels = torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])
+    space = AffineBox(scale=(0.8, 1.2), shear=10)
+    grid = GridSearch(model, space=space, steps=(3, 1, 1, 3, 1, 1))
+    assert measure_against_best_bare(grid, images, labels, rounds=1, sizes=(16,)).evaluations == 4 * 9
+    worst = WorstOfK(model, k=3, space=space)
+    assert measure_against_best_bare(worst, images, labels, rounds=1, sizes=(16,)).evaluations == 4 * 3

@@ -365,3 +365,22 @@ def test_classification_is_the_default_and_unchanged(model: nn.Module, batch: tu
     assert "task" not in repr(WorstOfK(model)) and "Segmentation" in repr(
         WorstOfK(model, task=Segmentation())
     )
+
+
+def test_non_finite_dense_outputs_are_refused() -> None:
+    class Broken(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            out = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+            out[:, 1, 0, 0] = math.nan  # one pixel, even where the mask is ignored
+            return out
+
+    images, masks = _blobs(2)
+    masks[:, 0, 0] = IGNORE
+    with pytest.raises(AdvSpatialError, match="NaN or infinite"):
+        WorstOfK(Broken(), k=2, task=Segmentation()).search(images, masks)
+    with pytest.raises(AdvSpatialError, match="NaN or infinite"):
+        WorstOfK(
+            nn.Sequential(nn.Flatten(), nn.Linear(144, 4), nn.Softplus(threshold=-1e9)),
+            k=2,
+            task=BoxRegression(),
+        ).search(images * math.inf, torch.zeros(2, 4))

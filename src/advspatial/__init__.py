@@ -20,7 +20,14 @@ from advspatial.geometry import (
 )
 from advspatial.losses import InvarianceLossComponents, InvarianceRegularizedLoss
 from advspatial.space import AffineBox, RotoTranslationBox
-from advspatial.strategies import GridSearchRotoTranslation, SearchResult, SpatialPGD, SpatialSearch, WorstOfK
+from advspatial.strategies import (
+    GridSearch,
+    GridSearchRotoTranslation,
+    SearchResult,
+    SpatialPGD,
+    SpatialSearch,
+    WorstOfK,
+)
 
 __version__ = "0.1.0"
 
@@ -29,6 +36,7 @@ __all__ = [
     "AffineBox",
     "CurriculumSchedule",
     "CurriculumSpatial",
+    "GridSearch",
     "GridSearchRotoTranslation",
     "InvarianceLossComponents",
     "InvarianceRegularizedLoss",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -209,26 +210,32 @@ def check_clip(clip: object) -> tuple[float, float] | None:
     return float(clip[0]), float(clip[1])
 
 
-def check_candidates(candidates: object, batch: int, name: str = "candidates") -> Tensor:
-    """Check that ``candidates`` is a float ``(batch, K, 3)`` tensor of finite rows, ``K >= 1``."""
+def check_candidates(candidates: object, batch: int, name: str = "candidates", columns: int = 3) -> Tensor:
+    """Check that ``candidates`` is a float ``(batch, K, columns)`` tensor of finite rows, ``K >= 1``.
+
+    ``columns`` is 3 for roto-translation rows, 6 for affine rows (the search's space decides).
+    """
+    shape = f"({batch}, K, {columns})"
     if not isinstance(candidates, Tensor):
         raise AdvSpatialError(
-            f"{name} must be a torch.Tensor of shape ({batch}, K, 3), got {type(candidates).__name__}"
+            f"{name} must be a torch.Tensor of shape {shape}, got {type(candidates).__name__}"
         )
     if (
         candidates.ndim != 3
         or candidates.shape[0] != batch
-        or candidates.shape[2] != 3
+        or candidates.shape[2] != columns
         or not candidates.shape[1]
     ):
         raise AdvSpatialError(
-            f"{name} must have shape ({batch}, K, 3) with K >= 1 rows (angle_degrees, tx_pixels, ty_pixels) "
+            f"{name} must have shape {shape} with K >= 1 rows {PARAM_COLUMNS[columns]} "
             f"per image, got {tuple(candidates.shape)}"
         )
     if not candidates.is_floating_point():
         raise AdvSpatialError(f"{name} must be a floating point tensor, got dtype {candidates.dtype}")
     if candidates.numel() and not bool(torch.isfinite(candidates.detach()).all()):
         raise AdvSpatialError(f"{name} must be finite, got a non-finite value")
+    if columns == 6:
+        check_params(candidates.reshape(-1, 6), candidates.shape[0] * candidates.shape[1], name, (6,))
     return candidates
 
 
@@ -237,6 +244,10 @@ def candidate_count(value: object, name: str) -> int:
 
     The engine keeps a loss, a correctness flag and an index per (image, candidate) pair, so an
     absurd count would allocate a table of terabytes before scoring anything.
+
+    Example:
+        >>> candidate_count(10, "k")
+        10
     """
     count = positive_int(value, name)
     if count > MAX_CANDIDATES:
@@ -253,8 +264,12 @@ def images_in_model_dtype(images: Tensor, model: nn.Module) -> Tensor:
     The library's one dtype rule: any floating image dtype is accepted; the model scores the images
     in its own floating dtype, and what a transform returns keeps the input dtype. A model without
     floating tensors gets the images unchanged.
+
+    Example:
+        >>> images_in_model_dtype(torch.zeros(1, 1, 2, 2, dtype=torch.float16), nn.Linear(2, 2)).dtype
+        torch.float32
     """
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return images if images.dtype == tensor.dtype else images.to(tensor.dtype)
     return images
@@ -315,3 +330,12 @@ def check_grid_size(rotations: object, translations: object) -> None:
             f"rotations x translations must give <= {MAX_CANDIDATES} grid points per image, got "
             f"{rotations} x {pair[0]} x {pair[1]} = {points}"
         )
+
+
+def check_sample_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """Check that ``shape`` is a sequence of integers ``>= 0`` (the leading shape of a draw)."""
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise AdvSpatialError(f"{name} must be a sequence of integers >= 0, e.g. (B, K), got {shape!r}")
+    return tuple(shape)

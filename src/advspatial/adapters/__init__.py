@@ -4,7 +4,9 @@ Each adapter lives in its own module and imports its library only there, so ``im
 ``import advspatial.adapters`` work without any of them installed. Every adapter applies the chosen
 ``(angle, tx, ty)`` rows with the core kernel (:func:`advspatial.roto_translate` and its companions),
 so the picture a user gets is exactly the one the model was scored on, and masks, boxes and keypoints
-move with the same rows.
+move with the same rows. With a dense task (``Segmentation``, ``BoxRegression``,
+``KeypointRegression``) the mask, box or keypoints an adapter moves are the targets the search scores
+against, and they come back equal to ``result.targets``.
 
 Modules:
     ``advspatial.adapters.dataloader``: :class:`SpatialSearchBatch` (after the loader, the fast path),

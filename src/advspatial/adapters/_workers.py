@@ -26,11 +26,13 @@ from advspatial.engine.model_state import model_device, unwrap_model
 from advspatial.errors import AdvSpatialError
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Segmentation
 
 __all__ = [
     "check_search",
     "check_worker_model",
     "enter_worker",
+    "mask_fill_for",
     "mix_seed",
     "run_search",
     "scoring_dtype",
@@ -119,6 +121,27 @@ def enter_worker(search: SpatialSearch, where: str, cache: dict[str, int]) -> No
     (:func:`worker_generator`, ``cache`` being the adapter's)."""
     check_worker_model(search, where)
     worker_generator(search, cache)
+
+
+def mask_fill_for(search: SpatialSearch, mask_fill: object, where: str) -> int | float:
+    """The value moved masks take outside the frame: ``mask_fill``, or by default (``None``) the task's
+    ``ignore_index`` for :class:`~advspatial.tasks.Segmentation` and 0 otherwise.
+
+    With a segmentation task the masks a user trains on must be the masks the search scored, whose
+    out-of-frame pixels are ``ignore_index``: any other ``mask_fill`` is refused.
+    """
+    task = search.task
+    if mask_fill is not None and (isinstance(mask_fill, bool) or not isinstance(mask_fill, int | float)):
+        raise AdvSpatialError(f"mask_fill must be a number or None, got {mask_fill!r}")
+    if isinstance(task, Segmentation):
+        if mask_fill is not None and mask_fill != task.ignore_index:
+            raise AdvSpatialError(
+                f"{where}: mask_fill={mask_fill!r} differs from the task's ignore_index={task.ignore_index}; "
+                "with a Segmentation task moved masks are filled with ignore_index (as the search scored "
+                "them): leave mask_fill unset"
+            )
+        return task.ignore_index
+    return 0 if mask_fill is None else mask_fill
 
 
 def target_device(search: SpatialSearch, fallback: torch.device) -> torch.device:

@@ -15,11 +15,21 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from advspatial.adapters._workers import check_search, enter_worker, mix_seed, run_search, scoring_images
+from advspatial.adapters._workers import (
+    check_search,
+    enter_worker,
+    mask_fill_for,
+    mix_seed,
+    run_search,
+    scoring_images,
+)
 from advspatial.errors import AdvSpatialError, check_labels
+from advspatial.geometry.matrices import forward_matrices
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
 from advspatial.strategies.base import SpatialSearch
+from advspatial.strategies.result import SearchResult
+from advspatial.tasks import BoxRegression, Classification, Segmentation
 
 __all__ = ["SpatialSearchAlbumentations"]
 
@@ -72,13 +82,63 @@ def _scored_image(data: dict[str, Any]) -> tuple[np.ndarray, str]:
     )
 
 
+def _mask_target(data: dict[str, Any], task: Segmentation, images: Tensor) -> Tensor:
+    """The call's ``mask=`` (``(H, W)`` or ``(H, W, 1)`` class indices) as a ``(1, H, W)`` tensor."""
+    if "mask" not in data:
+        raise AdvSpatialError(
+            f"SpatialSearchAlbumentations with {task!r} scores against the call's mask: call the pipeline "
+            f"with mask=... (H, W) of class indices (or label_key=None to score without it); got keys "
+            f"{sorted(data)}"
+        )
+    mask, size = data["mask"], tuple(images.shape[-2:])
+    if not isinstance(mask, np.ndarray) or mask.shape not in (size, (*size, 1)):
+        shape = mask.shape if isinstance(mask, np.ndarray) else type(mask).__name__
+        raise AdvSpatialError(
+            f"mask must be one numpy mask of class indices, {size} or {(*size, 1)} like the image, "
+            f"got {shape}"
+        )
+    if mask.dtype == np.bool_ or not np.issubdtype(mask.dtype, np.integer):
+        raise AdvSpatialError(f"mask must hold integer class indices, got dtype {mask.dtype}")
+    limits = np.iinfo(mask.dtype)
+    if not limits.min <= task.ignore_index <= limits.max:
+        raise AdvSpatialError(
+            f"a mask of dtype {mask.dtype} cannot hold the ignore_index moved masks are filled with "
+            f"({task.ignore_index}); convert it, e.g. mask.astype(np.int64)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)).reshape(1, *size)
+
+
+def _box_target(data: dict[str, Any], task: BoxRegression, images: Tensor) -> Tensor:
+    """The call's one box (``bboxes=[box]``; Compose hands it over normalised XYXY) as ``(1, 4)`` pixels."""
+    boxes = data.get("bboxes")
+    if not isinstance(boxes, np.ndarray) or boxes.ndim != 2 or boxes.shape[0] != 1:
+        count = len(boxes) if isinstance(boxes, np.ndarray | list | tuple) else "no"
+        raise AdvSpatialError(
+            f"SpatialSearchAlbumentations with {task!r} scores against exactly one box per image: call the "
+            f"pipeline with bboxes=[box] and A.Compose(bbox_params=A.BboxParams(...)), got {count} boxes"
+        )
+    height, width = images.shape[-2:]
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    return torch.from_numpy(boxes[:, :4].astype(np.float64) * scale).float()
+
+
 class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
     """Apply the worst roto-translation the search finds, inside ``A.Compose``.
 
     The label is read from the call (``compose(image=img, label=y, ...)``, key ``label_key``), the
     search scores ``image`` (or, without it, the first of ``images``: every image of ``images`` then
     gets that row, as albumentations applies one set of params to all of them), and images, masks,
-    boxes and keypoints all follow the chosen ``(angle, tx, ty)``.
+    boxes and keypoints all follow the chosen ``(angle, tx, ty)``. The last search is kept in
+    :attr:`last_result`.
+
+    Dense tasks: with a :class:`~advspatial.tasks.Segmentation` search the target is the call's
+    ``mask=`` (one mask ``(H, W)`` or ``(H, W, 1)`` of class indices; no label needed), moved with
+    ``ignore_index`` outside, so ``out["mask"]`` equals ``result.targets[0]`` (``masks=`` move the same
+    way and are not scored). With :class:`~advspatial.tasks.BoxRegression` it is the call's one box
+    (``bboxes=[box]``, any ``BboxParams`` format): Compose then clips the moved box and filters it by its
+    ``BboxParams``, so the returned box equals ``result.targets[0]`` (in the call's format) when it is
+    kept, and a box the task drops (``nan``) is removed. Keypoint regression is refused (albumentations'
+    keypoints use pixel-index coordinates and drop points out of frame).
 
     Albumentations' contracts: ``strict=True`` accepts the label key; ``A.ReplayCompose`` records the
     chosen row under ``params["roto"]`` and ``ReplayCompose.replay`` re-applies it to other data without
@@ -116,8 +176,10 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
 
     Args:
         search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model).
-        label_key: the key of the class index in the call, or ``None`` to score without labels.
-        mask_fill: value of mask pixels that come from outside the mask.
+        label_key: the key of the class index in the call, or ``None`` to score without labels
+            (for every task).
+        mask_fill: value of mask pixels that come from outside the mask; by default the task's
+            ``ignore_index`` for segmentation (any other value is refused there), else 0.
         p: probability of applying the transform.
 
     Example:
@@ -134,21 +196,28 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
 
         search: Any
         label_key: str | None
-        mask_fill: float
+        mask_fill: float | None
 
     def __init__(
         self,
         search: SpatialSearch,
         label_key: str | None = "label",
-        mask_fill: float = 0,
+        mask_fill: float | None = None,
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
         self.search = check_search(search)
+        if not isinstance(self.search.task, Classification | Segmentation | BoxRegression):
+            raise AdvSpatialError(
+                f"SpatialSearchAlbumentations scores classification, Segmentation (mask=) and BoxRegression "
+                f"(bboxes=) searches, got {self.search.task!r}: albumentations' keypoints use another pixel "
+                "convention and drop points that leave the frame; use SpatialSearchV2 or SpatialSearchBatch"
+            )
         if label_key is not None and not isinstance(label_key, str):
             raise AdvSpatialError(f"label_key must be a string or None, got {label_key!r}")
         self.label_key = label_key
-        self.mask_fill = mask_fill
+        self.mask_fill = mask_fill_for(self.search, mask_fill, type(self).__name__)
+        self.last_result: SearchResult | None = None
         self._worker_seed: dict[str, int] = {}
 
     @property
@@ -166,10 +235,16 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         """
         return []
 
-    def _target(self, data: dict[str, Any], device: torch.device) -> Tensor | None:
-        """What the search scores the image against: today the class index read from the call."""
+    def _target(self, data: dict[str, Any], images: Tensor) -> Tensor | None:
+        """What the search scores the image against: the class index read from the call
+        (classification), the call's ``mask=`` (segmentation) or its one box (box regression)."""
         if self.label_key is None:
             return None
+        task = self.search.task
+        if isinstance(task, Segmentation):
+            return _mask_target(data, task, images)
+        if isinstance(task, BoxRegression):
+            return _box_target(data, task, images)
         if self.label_key not in data:
             raise AdvSpatialError(
                 f"SpatialSearchAlbumentations needs the image's class index: call the pipeline with "
@@ -179,7 +254,7 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         raw = data[self.label_key]
         if isinstance(raw, bool) or not isinstance(raw, int | np.integer | Tensor | np.ndarray):
             raise AdvSpatialError(f"{self.label_key} must be an integer class index, got {raw!r}")
-        return check_labels(torch.as_tensor(np.asarray(raw)).reshape(-1), 1, device, self.label_key)
+        return check_labels(torch.as_tensor(np.asarray(raw)).reshape(-1), 1, images.device, self.label_key)
 
     def _generator(self) -> torch.Generator | None:
         """The search's own generator, else one seeded from albumentations' random state."""
@@ -200,9 +275,10 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         """Run the search on the call's image and label; the chosen row is ``params["roto"]``."""
         image, name = _scored_image(data)
         images = scoring_images(self.search, _to_nchw(image, name)[0])
-        labels = self._target(data, images.device)
+        labels = self._target(data, images)
         enter_worker(self.search, type(self).__name__, self._worker_seed)
         result = run_search(self.search, images, labels, self._generator())
+        self.last_result = result
         return {"roto": result.params.detach().cpu()}
 
     def apply(self, img: np.ndarray, roto: Tensor, **params: Any) -> np.ndarray:
@@ -243,7 +319,13 @@ class SpatialSearchAlbumentations(A.DualTransform):  # type: ignore[misc]
         out = keypoints.copy()
         out[:, :2] = moved
         if out.shape[1] > _ANGLE:
-            out[:, _ANGLE] = np.mod(out[:, _ANGLE] + math.radians(float(roto[0, 0])), 2 * math.pi)
+            # As albumentations' own Affine: the angle turns by the rotation part of the matrix
+            # (the row's angle for a roto-translation), the scale grows with an affine row's zoom.
+            linear = forward_matrices(roto[:1].double(), (height, width))[0, :, :2]
+            turn = math.atan2(-float(linear[1, 0]), float(linear[0, 0]))
+            out[:, _ANGLE] = np.mod(out[:, _ANGLE] + turn, 2 * math.pi)
+        if out.shape[1] > _ANGLE + 1 and roto.shape[-1] == 6:
+            out[:, _ANGLE + 1] = out[:, _ANGLE + 1] * float(roto[0, 3])
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

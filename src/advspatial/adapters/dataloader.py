@@ -43,6 +43,7 @@ from advspatial.adapters._workers import (
 from advspatial.errors import AdvSpatialError, check_images, check_labels, positive_int
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Classification
 
 __all__ = ["SpatialSearchBatch", "SpatialSearchCollate", "SpatialSearchDataset"]
 
@@ -56,6 +57,24 @@ def _split_batch(batch: object, where: str) -> tuple[Tensor, Tensor, tuple[Any, 
     return images, labels, tuple(batch[2:])
 
 
+def _target(search: SpatialSearch, targets: object, images: Tensor, name: str | None = None) -> Tensor:
+    """What the search scores ``images`` against: class labels ``(B,)`` for classification, else the
+    task's targets (masks ``(B, H, W)``, boxes ``(B, 4)``, points ``(B, P, 2)``), checked by the task
+    (``name``: how errors call them; by default ``labels``, or the task's own word)."""
+    if isinstance(search.task, Classification):
+        return check_labels(targets, images.shape[0], images.device, name or "labels")
+    if name is None:
+        return search.task.check_targets(targets, images)
+    return search.task.check_targets(targets, images, name)
+
+
+def _returned_targets(search: SpatialSearch, targets: Tensor, result: SearchResult) -> Tensor:
+    """Labels as given; dense targets as the search moved them (``result.targets``)."""
+    if isinstance(search.task, Classification) or result.targets is None:
+        return targets
+    return result.targets
+
+
 class SpatialSearchBatch:
     """Search a loader's batch on the model's device: the recommended fast path.
 
@@ -66,6 +85,9 @@ class SpatialSearchBatch:
         ``batch = (images (B, C, H, W) float, labels (B,) int, *rest)``; returns
         ``(transformed images, labels, *rest)`` with images and labels on the model's device and
         ``rest`` untouched. The search's result is kept in :attr:`last_result` (chosen params, scores).
+        With a dense task the second item is the task's targets (masks ``(B, H, W)``, boxes
+        ``(B, 4)``, points ``(B, P, 2)``) and comes back moved: ``last_result.targets`` (masks as
+        ``int64`` filled with ``ignore_index`` out of frame, dropped boxes and out-of-frame points ``nan``).
 
     Example:
         >>> from advspatial import WorstOfK
@@ -86,10 +108,11 @@ class SpatialSearchBatch:
         images = check_images(images)
         device = target_device(self.search, images.device)
         images = images.to(device, non_blocking=True)
-        labels = check_labels(labels, images.shape[0], device)
-        result = self.search.search(scoring_images(self.search, images), labels)
+        targets = _target(self.search, labels, images)
+        result = self.search.search(scoring_images(self.search, images), targets)
         self.last_result = result
-        return (self.search.apply(images, result.params.to(images.dtype)), labels, *rest)
+        moved = self.search.apply(images, result.params.to(images.dtype))
+        return (moved, _returned_targets(self.search, targets, result), *rest)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.search!r})"
@@ -107,7 +130,8 @@ class SpatialSearchCollate:
     Args:
         search: the strategy, e.g. :class:`advspatial.WorstOfK`.
         collate_fn: how to build the batch ``(images, labels, *rest)`` from the samples;
-            ``torch.utils.data.default_collate`` by default.
+            ``torch.utils.data.default_collate`` by default. With a dense task the labels are the
+            task's targets and come back moved, as in :class:`SpatialSearchBatch`.
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
@@ -134,16 +158,17 @@ class SpatialSearchCollate:
         enter_worker(self.search, type(self).__name__, self._worker_seed)
         if get_worker_info() is None:
             images = images.to(target_device(self.search, images.device))
-        labels = check_labels(labels, images.shape[0], images.device)
-        result = self.search.search(scoring_images(self.search, images), labels)
-        return (self.search.apply(images, result.params.to(images.dtype)), labels, *rest)
+        targets = _target(self.search, labels, images)
+        result = self.search.search(scoring_images(self.search, images), targets)
+        moved = self.search.apply(images, result.params.to(images.dtype))
+        return (moved, _returned_targets(self.search, targets, result), *rest)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.search!r})"
 
 
 class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
-    """Wrap a classification dataset so that each sample comes out under its worst transform.
+    """Wrap a dataset so that each sample comes out under its worst transform.
 
     Candidates for sample ``index`` in epoch ``e`` are drawn from a generator seeded with
     ``(seed, e, index)``: the output is the same with any number of workers, and differs between
@@ -151,7 +176,9 @@ class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
     memory, so persistent workers see it. In workers the model must be live (see the module notes).
 
     Args:
-        dataset: yields ``(image (C, H, W) float tensor, label int)``.
+        dataset: yields ``(image (C, H, W) float tensor, label int)``; with a dense task
+            ``(image, target)`` with one image's target (a mask ``(H, W)``, a box ``(4,)``, points
+            ``(P, 2)``), returned moved with the image as the search moved it.
         search: the strategy, e.g. :class:`advspatial.WorstOfK`.
         seed: base seed of the per-sample generators.
 
@@ -202,8 +229,17 @@ class SpatialSearchDataset(Dataset[tuple[Tensor, Tensor]]):
         check_worker_model(self.search, type(self).__name__)
         device = target_device(self.search, image.device)
         images = check_images(image.unsqueeze(0).to(device), f"dataset[{index}][0][None]")
-        labels = check_labels(torch.as_tensor(label).reshape(1), 1, device, f"dataset[{index}][1]")
+        if isinstance(self.search.task, Classification):
+            one = torch.as_tensor(label).reshape(1)
+        elif isinstance(label, Tensor):
+            one = label.unsqueeze(0)
+        else:
+            raise AdvSpatialError(
+                f"dataset[{index}][1] must be the image's target tensor for {self.search.task!r} "
+                f"(e.g. a mask (H, W)), got {type(label).__name__}"
+            )
+        targets = _target(self.search, one.to(device), images, f"dataset[{index}][1]")
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, index))
-        result = run_search(self.search, scoring_images(self.search, images), labels, generator)
+        result = run_search(self.search, scoring_images(self.search, images), targets, generator)
         out = self.search.apply(images, result.params.to(images.dtype))[0].to(image.device)
-        return out, labels[0].to(image.device)
+        return out, _returned_targets(self.search, targets, result)[0].to(image.device)

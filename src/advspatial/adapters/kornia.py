@@ -15,12 +15,13 @@ from kornia.constants import Resample
 from kornia.geometry.transform import warp_affine
 from torch import Tensor
 
-from advspatial.adapters._workers import check_search, enter_worker, scoring_images
+from advspatial.adapters._workers import check_search, enter_worker, mask_fill_for, scoring_images
 from advspatial.errors import AdvSpatialError, check_labels, check_params, flag
 from advspatial.geometry.matrices import forward_matrices
 from advspatial.geometry.warp import roto_translate_masks
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import Classification, Segmentation
 
 __all__ = ["SpatialSearchKornia", "kornia_matrices"]
 
@@ -67,6 +68,19 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
 
     (``aug.labels(None)`` scores against the model's own prediction).
 
+    Dense tasks: kornia runs the image before any other data key, so the search reads its targets
+    from the same context: ``with aug.labels(masks): seq(images, masks)`` for a
+    :class:`~advspatial.tasks.Segmentation` search (masks ``(B, H, W)`` or ``(B, 1, H, W)`` of class
+    indices; pass the same masks as the ``"mask"`` key). Masks move with the task's ``ignore_index``
+    outside, so the ``"mask"`` output equals ``last_result.targets`` (kornia's ``(B, 1, H, W)`` layout;
+    with ``p < 1`` for the gated samples, the others are unchanged; with ``same_on_batch`` the search
+    scores the first gated image only). Box and keypoint regression score the ``(B, 4)`` XYXY boxes or
+    ``(B, P, 2)`` points given to ``labels`` (the library's pixel convention) and
+    ``last_result.targets`` holds them moved; kornia's ``"bbox_*"`` and ``"keypoints"`` keys follow
+    kornia's own geometry (keypoints in pixel-index coordinates, ``targets - 0.5`` while in frame, never
+    ``nan``; boxes unclamped and within a pixel of the targets once clamped): train on
+    ``last_result.targets`` there.
+
     kornia's common arguments behave as for its other augmentations: ``p`` and ``p_batch`` gate
     samples and batches with kornia's draw (torch's global generator); only the gated samples are
     searched, the others get the identity row ``(0, 0, 0)``. ``same_on_batch=True`` applies one row to
@@ -87,7 +101,8 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
     Args:
         search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model; images on
             another device are scored on the model's and warped where they are).
-        mask_fill: value of mask pixels that come from outside the mask.
+        mask_fill: value of mask pixels that come from outside the mask; by default the task's
+            ``ignore_index`` for segmentation (any other value is refused there), else 0.
         p: probability of applying the transform to each sample.
         p_batch: probability of applying it to the batch.
         same_on_batch: one row for the whole batch.
@@ -109,7 +124,7 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
         self,
         search: SpatialSearch,
         *,
-        mask_fill: float = 0.0,
+        mask_fill: float | None = None,
         p: float = 1.0,
         p_batch: float = 1.0,
         same_on_batch: bool = False,
@@ -125,9 +140,7 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
             keepdim=flag(keepdim, "keepdim"),
         )
         self.search = check_search(search)
-        if isinstance(mask_fill, bool) or not isinstance(mask_fill, int | float):
-            raise AdvSpatialError(f"mask_fill must be a number, got {mask_fill!r}")
-        self.mask_fill = mask_fill
+        self.mask_fill = mask_fill_for(self.search, mask_fill, type(self).__name__)
         self.flags = {"resample": Resample.BILINEAR, "align_corners": True}
         self.last_params: Tensor | None = None
         self.last_result: SearchResult | None = None
@@ -136,7 +149,8 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
 
     @contextmanager
     def labels(self, labels: Tensor | None) -> Iterator[SpatialSearchKornia]:
-        """Use ``labels`` (``(B,)`` class indices, or ``None``) for the searches inside the block."""
+        """Use ``labels`` for the searches inside the block: ``(B,)`` class indices, the task's targets
+        (e.g. the masks ``(B, H, W)`` or ``(B, 1, H, W)`` of a segmentation search), or ``None``."""
         previous, self._labels = self._labels, labels
         try:
             yield self
@@ -148,18 +162,32 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
         return {}
 
     def _target(self, batch: int, device: torch.device) -> Tensor | None:
-        """What the search scores the images against: today the labels given by :meth:`labels`."""
+        """What the search scores the images against: what :meth:`labels` gave, as the task wants it
+        (class indices ``(B,)``; masks ``(B, H, W)`` or ``(B, 1, H, W)`` for segmentation; boxes
+        ``(B, 4)``; points ``(B, P, 2)``), on the images' device."""
+        task = self.search.task
         if self._labels is _UNSET:
+            what = "labels" if isinstance(task, Classification) else f"targets for {task!r}"
             raise AdvSpatialError(
-                "SpatialSearchKornia needs the batch's labels: call it inside `with aug.labels(labels):` "
+                f"SpatialSearchKornia needs the batch's {what}: call it inside `with aug.labels(...):` "
                 "(or `with aug.labels(None):` to score against the model's own prediction)"
             )
         if self._labels is None:
             return None
         labels = self._labels
-        if isinstance(labels, Tensor) and labels.ndim == 0:
-            labels = labels.reshape(1)
-        return check_labels(labels, batch, device)
+        if isinstance(task, Classification):
+            if isinstance(labels, Tensor) and labels.ndim == 0:
+                labels = labels.reshape(1)
+            return check_labels(labels, batch, device)
+        if not isinstance(labels, Tensor) or labels.ndim == 0 or labels.shape[0] != batch:
+            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise AdvSpatialError(
+                f"aug.labels(...) must hold the batch's targets for {task!r}, a tensor with one row per "
+                f"image ({batch}), got {got}"
+            )
+        if isinstance(task, Segmentation) and labels.ndim == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]  # kornia's (B, 1, H, W) mask layout
+        return labels.to(device)
 
     def _choose(self, input: Tensor, params: dict[str, Tensor]) -> Tensor:
         if "roto" in params:
@@ -174,7 +202,7 @@ class SpatialSearchKornia(GeometricAugmentationBase2D):
             applied = torch.ones(batch, dtype=torch.bool)
         rows = applied.nonzero().flatten()
         searched = rows[:1] if self.same_on_batch else rows
-        roto = torch.zeros(batch, 3, device=input.device)
+        roto = self.search.box.identity((batch,), device=input.device)  # (B, 3) or affine (B, 6)
         if searched.numel():
             index = searched.to(input.device)
             enter_worker(self.search, type(self).__name__, self._worker_seed)

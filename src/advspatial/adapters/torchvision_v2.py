@@ -11,16 +11,18 @@ from typing import Any
 import PIL.Image
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from advspatial.adapters._workers import check_search, enter_worker, scoring_images
+from advspatial.adapters._workers import check_search, enter_worker, mask_fill_for, scoring_images
 from advspatial.errors import AdvSpatialError, check_labels
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.geometry.warp import roto_translate_masks
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
+from advspatial.tasks import BoxRegression, Classification, KeypointRegression, Segmentation, Task
 
 __all__ = ["SpatialSearchV2", "find_labels"]
 
@@ -79,6 +81,82 @@ def _as_label_tensor(labels: Any, batch: int, batched: bool) -> Tensor:
     return tensor if tensor.ndim else tensor.reshape(1).expand(batch)
 
 
+def _target_kind(task: Task) -> type[tv_tensors.TVTensor] | None:
+    """The item of a sample a dense task scores against; ``None``: labels (classification, custom tasks)."""
+    if isinstance(task, Segmentation):
+        return tv_tensors.Mask
+    if isinstance(task, BoxRegression):
+        return tv_tensors.BoundingBoxes
+    if isinstance(task, KeypointRegression):
+        return tv_tensors.KeyPoints
+    return None
+
+
+def _as_target(task: Task, target: Any, images: Tensor, batched: bool) -> Tensor:
+    """The sample's target as ``task`` expects it for the ``(B, C, H, W)`` scored ``images``."""
+    batch = images.shape[0]
+    if isinstance(task, Classification):
+        return check_labels(_as_label_tensor(target, batch, batched), batch, images.device)
+    kind = _target_kind(task)
+    if kind is None:  # a custom task: what labels_getter returns, one sample's made a batch of one
+        if not isinstance(target, Tensor):
+            raise AdvSpatialError(
+                f"SpatialSearchV2 with {task!r} scores against what labels_getter returns, which must be a "
+                f"tensor of the task's targets, got {type(target).__name__}"
+            )
+        plain = target.as_subclass(Tensor)
+        return plain if batched else plain.unsqueeze(0)
+    if not isinstance(target, kind):
+        raise AdvSpatialError(
+            f"SpatialSearchV2 with {task!r} scores against the sample's tv_tensors.{kind.__name__} "
+            f"(it moves with the image), got {type(target).__name__}"
+        )
+    height, width = images.shape[-2:]
+    plain = target.as_subclass(Tensor)
+    if isinstance(task, Segmentation):  # the target is a Mask
+        lead = (batch,) if batched else ()
+        shapes = ((*lead, height, width), (*lead, 1, height, width))
+        if tuple(plain.shape) not in shapes:
+            raise AdvSpatialError(
+                f"the Mask scored by {task!r} must be one mask per image, shaped {shapes[0]} or "
+                f"{shapes[1]} like the searched image, got {tuple(plain.shape)}"
+            )
+        if plain.dtype.is_floating_point or plain.dtype.is_complex or plain.dtype == torch.bool:
+            raise AdvSpatialError(
+                f"the Mask scored by {task!r} must hold integer class indices, got {plain.dtype}"
+            )
+        limits = torch.iinfo(plain.dtype)
+        if not limits.min <= task.ignore_index <= limits.max:
+            raise AdvSpatialError(
+                f"a Mask of dtype {plain.dtype} cannot hold the ignore_index moved masks are filled with "
+                f"({task.ignore_index}); convert it, e.g. mask.to(torch.int64)"
+            )
+        return plain.reshape(batch, height, width)
+    canvas = (int(target.canvas_size[0]), int(target.canvas_size[1]))
+    if canvas != (height, width) or not plain.is_floating_point():
+        raise AdvSpatialError(
+            f"the {kind.__name__} scored by {task!r} must be floating point (a dropped box or an "
+            f"out-of-frame point becomes nan) on the searched image's canvas {(height, width)}, got "
+            f"{plain.dtype} on canvas {canvas}"
+        )
+    if isinstance(target, tv_tensors.BoundingBoxes):
+        if target.format.name not in _PLAIN_BOX_FORMATS or tuple(plain.shape) != (batch, 4):
+            raise AdvSpatialError(
+                f"the BoundingBoxes scored by {task!r} must hold exactly one box per image "
+                f"({(batch, 4)}) in one of {_PLAIN_BOX_FORMATS}, got {tuple(plain.shape)} in "
+                f"{target.format.name}"
+            )
+        return F.convert_bounding_box_format(
+            plain, old_format=target.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
+        )
+    if plain.ndim < 1 + batched or (batched and plain.shape[0] != batch):
+        raise AdvSpatialError(
+            f"the KeyPoints scored by {task!r} must be shaped (B, P, 2) with B = {batch} for a batch, "
+            f"or (P, 2) for one image, got {tuple(plain.shape)}"
+        )
+    return plain.reshape(batch, -1, 2)
+
+
 def _is_image(x: Any) -> bool:
     """An item v2 transforms as an image (``_needs_transform_list`` already dropped extra pure tensors)."""
     return isinstance(x, tv_tensors.Image | PIL.Image.Image) or _is_pure_tensor(x)
@@ -108,13 +186,23 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
     from the sample with torchvision's heuristic (:func:`find_labels`). The model is held by reference
     (it is not a submodule: ``state_dict()`` is empty). The last search is kept in :attr:`last_result`.
 
+    Dense tasks: with a search whose task is :class:`~advspatial.tasks.Segmentation`,
+    :class:`~advspatial.tasks.BoxRegression` or :class:`~advspatial.tasks.KeypointRegression`, the
+    target is the sample's one ``Mask`` (one mask per image: ``(H, W)`` or ``(1, H, W)``; ``(B, H, W)``
+    for a batch), ``BoundingBoxes`` (exactly one box per image, any plain format; ``(B, 4)`` for a
+    batch) or ``KeyPoints`` (floating point), and no label is needed. That item moves as the task
+    moves targets, so the returned one equals ``last_result.targets`` (reshaped, and converted back to
+    the boxes' format): masks are filled with the task's ``ignore_index``, a box that leaves the frame
+    becomes ``nan``, and so does a keypoint out of frame.
+
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise on screen, then pixels right and down,
         about the image centre. Images are warped with the search's interpolation and padding
         (bilinear, zeros by default) exactly as :func:`advspatial.roto_translate` does, masks by
         nearest neighbour with ``mask_fill`` outside (:func:`advspatial.roto_translate_masks`),
         boxes as torchvision's ``affine`` does (enclosing box of the moved corners, clamped to the
-        canvas unless ``clamping_mode=None``), keypoints exactly (not clamped). Boxes and keypoints keep
+        canvas unless ``clamping_mode=None``; as the task moves them for box regression), keypoints
+        exactly (not clamped; ``nan`` out of frame for keypoint regression). Boxes and keypoints keep
         their dtype (integer coordinates are truncated, as torchvision does).
 
     Dtypes:
@@ -126,7 +214,8 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         search: the strategy, e.g. :class:`advspatial.WorstOfK` (it holds the model).
         labels_getter: ``"default"`` (:func:`find_labels`), a callable ``sample -> labels``, or
             ``None`` to score without labels (divergence from the clean prediction).
-        mask_fill: value of mask pixels that come from outside the mask.
+        mask_fill: value of mask pixels that come from outside the mask; by default the task's
+            ``ignore_index`` for segmentation (any other value is refused there), else 0.
 
     Example:
         >>> from advspatial import WorstOfK
@@ -145,7 +234,7 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         search: SpatialSearch,
         *,
         labels_getter: str | LabelsGetter | None = "default",
-        mask_fill: int | float = 0,
+        mask_fill: int | float | None = None,
     ) -> None:
         super().__init__()
         self.search = check_search(search)
@@ -153,16 +242,15 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
             raise AdvSpatialError(
                 f"labels_getter must be 'default', a callable or None, got {labels_getter!r}"
             )
-        if isinstance(mask_fill, bool) or not isinstance(mask_fill, int | float):
-            raise AdvSpatialError(f"mask_fill must be a number, got {mask_fill!r}")
         self.labels_getter = labels_getter
-        self.mask_fill = mask_fill
+        self.mask_fill = mask_fill_for(self.search, mask_fill, type(self).__name__)
         self.last_result: SearchResult | None = None
         self._sample_labels: Any = _NOT_READ
         self._worker_seed: dict[str, int] = {}
 
     def forward(self, *inputs: Any) -> Any:
-        """Read the sample's labels (as ``v2.SanitizeBoundingBoxes`` does), then run v2's own forward.
+        """Read the sample's target (:meth:`_target`: labels as ``v2.SanitizeBoundingBoxes`` reads
+        them, or a dense task's Mask / BoundingBoxes / KeyPoints), then run v2's own forward.
 
         v2's ``forward`` hands :meth:`make_params` only the inputs it transforms, and labels are not
         among them; this is the one thing done here. Flattening, the pure-tensor rule,
@@ -176,12 +264,28 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
             self._sample_labels = _NOT_READ
 
     def _target(self, sample: Any) -> Any:
-        """What the search scores the image against: today the class label(s) of the sample."""
+        """What the search scores the image against, read from the sample (or the transformed inputs).
+
+        Classification: the class label(s) (:func:`find_labels`). Segmentation, BoxRegression,
+        KeypointRegression: the sample's one ``Mask``, ``BoundingBoxes`` or ``KeyPoints``, the very
+        item that moves with the image. ``labels_getter=callable`` picks it instead; ``None``: no target.
+        """
         if self.labels_getter is None:
             return None
-        if self.labels_getter == "default":
+        if self.labels_getter != "default":
+            return self.labels_getter(sample)  # type: ignore[operator]
+        kind = _target_kind(self.search.task)
+        if kind is None:
             return find_labels(sample)
-        return self.labels_getter(sample)  # type: ignore[operator]
+        found = [item for item in tree_flatten(sample)[0] if isinstance(item, kind)]
+        if len(found) != 1:
+            raise AdvSpatialError(
+                f"SpatialSearchV2 with {self.search.task!r} scores against the sample's tv_tensors."
+                f"{kind.__name__}: expected exactly one in the sample, found {len(found)} (wrap the "
+                f"target as tv_tensors.{kind.__name__}; with several, give labels_getter=callable to "
+                "pick the one to score)"
+            )
+        return found[0]
 
     def check_inputs(self, flat_inputs: list[Any]) -> None:
         """Refuse inputs this transform cannot move (before anything is searched)."""
@@ -200,12 +304,15 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
         Args:
             flat_inputs: as v2's ``forward`` passes them.
             labels: the image's labels; by default those :meth:`forward` read from the sample. Pass
-                them when calling ``make_params`` yourself (``None`` with ``labels_getter=None``).
+                them when calling ``make_params`` yourself (``None`` with ``labels_getter=None``). A
+                dense task's Mask / BoundingBoxes / KeyPoints is found in ``flat_inputs`` by default.
 
         Returns:
             ``{"params": (B, 3) rows on the CPU, "batched": bool}``; :attr:`last_result` holds the search.
         """
         labels = self._sample_labels if labels is _NOT_READ else labels
+        if labels is _NOT_READ and self.labels_getter == "default" and _target_kind(self.search.task):
+            labels = self._target(flat_inputs)  # a dense target is among the transformed inputs
         images = [item for item in flat_inputs if _is_image(item)]
         if not images:
             raise AdvSpatialError(
@@ -224,9 +331,7 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
                     "SpatialSearchV2.make_params needs the labels when called outside forward: "
                     "make_params(flat_inputs, labels=...)"
                 )
-            target = check_labels(
-                _as_label_tensor(labels, floats.shape[0], batched), floats.shape[0], floats.device
-            )
+            target = _as_target(self.search.task, labels, floats, batched)
         enter_worker(self.search, type(self).__name__, self._worker_seed)
         result = self.search.search(floats, target)
         self.last_result = result
@@ -289,15 +394,27 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
             )
         size = (int(points.canvas_size[0]), int(points.canvas_size[1]))
         floats = plain if plain.is_floating_point() else plain.double()
-        moved = roto_translate_points(floats.reshape(batch, -1, 2), rows.to(floats.device), size)
+        task = self.search.task
+        if isinstance(task, KeypointRegression) and plain.is_floating_point():  # out of frame: nan
+            moved = task.move_targets(floats.reshape(batch, -1, 2), rows.to(floats.device), size)
+        else:
+            moved = roto_translate_points(floats.reshape(batch, -1, 2), rows.to(floats.device), size)
         return tv_tensors.wrap(moved.reshape(plain.shape).to(plain.dtype), like=points)
 
-    @staticmethod
-    def _move_boxes(boxes: tv_tensors.BoundingBoxes, rows: Tensor, batched: bool) -> tv_tensors.BoundingBoxes:
-        if batched:
+    def _move_boxes(
+        self, boxes: tv_tensors.BoundingBoxes, rows: Tensor, batched: bool
+    ) -> tv_tensors.BoundingBoxes:
+        plain = boxes.as_subclass(Tensor)
+        task = self.search.task
+        one_per_image = (
+            isinstance(task, BoxRegression) and plain.ndim == 2 and plain.shape[0] == rows.shape[0]
+        )
+        if batched and not one_per_image:
             raise AdvSpatialError(
                 "BoundingBoxes hold one sample's boxes (N, 4); apply SpatialSearchV2 per sample "
-                "(e.g. in the Dataset) to move boxes, not on a batch"
+                "(e.g. in the Dataset) to move boxes, not on a batch (with a BoxRegression task, a "
+                f"batch's BoundingBoxes are one box per image: ({rows.shape[0]}, 4)), got "
+                f"{tuple(plain.shape)}"
             )
         if boxes.format.name not in _PLAIN_BOX_FORMATS:
             raise AdvSpatialError(
@@ -305,13 +422,16 @@ class SpatialSearchV2(v2.Transform):  # type: ignore[misc]
                 "(rotated boxes are not supported)"
             )
         size = (int(boxes.canvas_size[0]), int(boxes.canvas_size[1]))
-        plain = boxes.as_subclass(Tensor)
         floats = plain if plain.is_floating_point() else plain.double()
         xyxy = F.convert_bounding_box_format(
             floats, old_format=boxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
         )
-        clamp = getattr(boxes, "clamping_mode", "soft") is not None
-        moved = roto_translate_boxes(xyxy.unsqueeze(0), rows.to(xyxy.device), size, clamp=clamp)[0]
+        if isinstance(task, BoxRegression) and plain.is_floating_point():  # as the search moved its target
+            per_box = rows if batched else rows.expand(xyxy.shape[0], -1)
+            moved = task.move_targets(xyxy, per_box.to(xyxy.device), size)
+        else:
+            clamp = getattr(boxes, "clamping_mode", "soft") is not None
+            moved = roto_translate_boxes(xyxy.unsqueeze(0), rows.to(xyxy.device), size, clamp=clamp)[0]
         back = F.convert_bounding_box_format(
             moved, old_format=tv_tensors.BoundingBoxFormat.XYXY, new_format=boxes.format
         )

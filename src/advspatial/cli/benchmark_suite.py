@@ -61,4 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--benchmarks", default="benchmarks", help="with --suite: folder of the suite")
     parser.add_argument("--out", default=None, help="with --suite: folder for latest.json and latest.md")
-    parser.add_argument("-k", dest="select", default=None, help="with --suite: pytest -k expression")
+    parser.add_argument(
+        "-k",
+        dest="select",
+        default=None,
+        help="with --suite: pytest -k expression; without: cases whose name contains it",
+    )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from advspatial.cli.demo_segmentation import run_from_args
 from advspatial.cli.progress import RemainingWork, bar, format_seconds, say
 from advspatial.data import load_digits_28
 from advspatial.distributed import (
@@ -31,6 +32,7 @@ from advspatial.distributed import (
     rank_generator,
     wrap_ddp,
 )
+from advspatial.errors import AdvSpatialError
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies, plot_rotation_profiles
 from advspatial.evaluation.rotation_profile import RotationProfile, rotation_profile
@@ -335,6 +337,10 @@ def format_table(rows: list[DemoRow]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.task == "segmentation":
+        if launched_by_torchrun():
+            raise AdvSpatialError("demo --task segmentation runs in one process; start it without torchrun")
+        return run_from_args(args)
     if not launched_by_torchrun():
         return _run(args)
     # Under torchrun: DDP training and sharded evaluation on CPU (gloo); rank 0 prints and plots.
@@ -345,7 +351,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    epochs, test_images = (4, 120) if args.quick else (args.epochs, None)
+    epochs, test_images = (4, 120) if args.quick else (8 if args.epochs is None else args.epochs, None)
     output = None if args.no_plots else Path(args.output)
     start = time.perf_counter()
     rows = run_demo(
@@ -375,8 +381,21 @@ def _run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``advspatial demo``."""
     parser = subparsers.add_parser("demo", help="train and evaluate on the bundled digits (offline)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (default 8)")
-    parser.add_argument("--quick", action="store_true", help="4 epochs and 120 test images: a smoke test")
+    parser.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="classification (default: three CNNs on 28 x 28 digits) or segmentation (three U-Nets on "
+        "32 x 32 canvases of two digits; mIoU and robust fraction)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs per model (default 8; 6 for segmentation)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: 4 epochs and 120 test images (segmentation: 2 epochs, 48 canvases)",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, the models and the attacks (default 0)"
     )

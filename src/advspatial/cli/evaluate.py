@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import json
 import math
@@ -35,17 +36,20 @@ from torch.utils.data import DataLoader, Subset
 
 from advspatial import __version__
 from advspatial.cli.progress import RemainingWork, say, with_pass_callback
+from advspatial.cli.segmentation_folder import SegmentationFolder, check_segmentation_fit
 from advspatial.distributed.context import (
     DistributedContext,
     barrier,
     distributed_session,
     launched_by_torchrun,
 )
-from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count
+from advspatial.errors import MAX_CANDIDATES, AdvSpatialError, candidate_count, images_in_model_dtype
 from advspatial.evaluation.landscape import loss_landscape
 from advspatial.evaluation.plots import plot_accuracies
 from advspatial.evaluation.rotation_profile import rotation_profile
-from advspatial.evaluation.sweeps import robustness_sweep
+from advspatial.evaluation.sweeps import affine_space, robustness_sweep
+from advspatial.strategies.grid import default_steps
+from advspatial.tasks import Classification, Segmentation, Task
 
 __all__ = ["add_parser", "load_factory_model", "load_weights", "open_dataset", "stratified_indices"]
 
@@ -209,25 +213,35 @@ def _read_image(path: str) -> Any:
         raise AdvSpatialError(f"--image-folder: cannot read image {path}: {_first_line(error)}") from error
 
 
-def _check_image_files(paths: list[str]) -> None:
+def _check_image_files(paths: list[str], resize: int | None) -> None:
     """Open every image's header before any work: unreadable, empty and oversized files are named.
 
     PIL refuses (``DecompressionBombError``) headers of more than twice ``Image.MAX_IMAGE_PIXELS``.
+    Without ``--resize`` the images must be at least 2 x 2 px and all of one size.
     """
     from PIL import Image
 
+    first: tuple[str, tuple[int, int]] | None = None
     for path in paths:
         try:
             with Image.open(path) as image:
-                width, height = image.size
+                size = image.size
         except Exception as error:
             raise AdvSpatialError(
                 f"--image-folder: cannot read image {path}: {_first_line(error)}"
             ) from error
-        if width < 2 or height < 2:
+        if resize is not None:
+            continue
+        if min(size) < 2:
             raise AdvSpatialError(
-                f"--image-folder: image {path} is {width} x {height} px, too small to rotate or shift; "
+                f"--image-folder: image {path} is {size[0]} x {size[1]} px, too small to rotate or shift; "
                 "pass --resize N to scale every image to N x N"
+            )
+        first = first or (path, size)
+        if size != first[1]:
+            raise AdvSpatialError(
+                f"--image-folder: the images differ in size ({first[0]} is {first[1][0]} x {first[1][1]} px, "
+                f"{path} is {size[0]} x {size[1]} px); pass --resize N to make them N x N"
             )
 
 
@@ -256,7 +270,6 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             )
         except (FileNotFoundError, OSError) as error:
             raise AdvSpatialError(f"--image-folder: {root} is not a readable ImageFolder: {error}") from error
-        _check_image_files([path for path, _ in dataset.samples])
         info: dict[str, Any] = {"source": "image_folder", "path": str(root), "classes": list(dataset.classes)}
     else:
         name = args.dataset
@@ -282,6 +295,11 @@ def open_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         info = {"source": "torchvision", "dataset": name, "path": str(root), "split": args.split}
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, stratified_indices(_targets(dataset), args.limit))
+    if args.image_folder is not None:  # the images that will be used, before any work
+        folder: Any = dataset.dataset if isinstance(dataset, Subset) else dataset
+        used = dataset.indices if isinstance(dataset, Subset) else None
+        samples = folder.samples if used is None else [folder.samples[i] for i in used]
+        _check_image_files([path for path, _ in samples], args.resize)
     if len(dataset) == 0:
         raise AdvSpatialError("the dataset holds no images")
     info["images"] = len(dataset)
@@ -355,6 +373,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "--weights is required (a state dict file: torch.save(model.state_dict(), file)); pass "
             "--random-weights to evaluate the factory's freshly initialised model on purpose"
         )
+    if args.task == "segmentation" and (args.image_folder is None or args.mask_folder is None):
+        raise AdvSpatialError(
+            "--task segmentation needs --image-folder (the images) and --mask-folder (a <name>.png mask "
+            "of class indices per image)"
+        )
+    if args.mask_folder is not None and args.task != "segmentation":
+        raise AdvSpatialError("--mask-folder is read with --task segmentation only")
+    if not 0.0 <= args.min_pixel_accuracy <= 1.0:
+        raise AdvSpatialError(f"--min-pixel-accuracy must be in [0, 1], got {args.min_pixel_accuracy:g}")
     if args.weights is not None and args.random_weights:
         raise AdvSpatialError("--weights and --random-weights exclude each other; pass one of them")
     if not math.isfinite(args.max_rotation) or not 0.0 <= args.max_rotation <= 180.0:
@@ -367,13 +394,28 @@ def _check_arguments(args: argparse.Namespace) -> None:
             f"--max-translation must be a finite number of pixels >= 0, got {args.max_translation:g}"
         )
     candidate_count(args.k, "--k")
-    points = args.grid_rotations * args.grid_translations**2
+    affine = _affine_steps(args)
+    points = args.grid_rotations * args.grid_translations**2 * math.prod(affine)
     if points > MAX_CANDIDATES:
+        extra = "".join(f" x {n}" for n in affine)
         raise AdvSpatialError(
             f"--grid-rotations x --grid-translations^2 must be <= {MAX_CANDIDATES} grid points, got "
-            f"{args.grid_rotations} x {args.grid_translations}^2 = {points}"
+            f"{args.grid_rotations} x {args.grid_translations}^2{extra} = {points}"
         )
     _check_output(Path(args.output))
+    if importlib.util.find_spec("matplotlib") is None:
+        raise AdvSpatialError(
+            "advspatial evaluate draws its plots with matplotlib: pip install 'advspatial[demo]'"
+        )
+
+
+def _affine_steps(args: argparse.Namespace) -> tuple[int, ...]:
+    """Grid points per scale / shear axis for ``--scale`` / ``--shear`` (3 per axis with a range)."""
+    try:
+        box = affine_space(args.max_rotation, args.max_translation, tuple(args.scale), args.shear)
+    except AdvSpatialError as error:
+        raise AdvSpatialError(f"--{error}") from error
+    return () if box is None else default_steps(box)[3:]
 
 
 def _check_output(output: Path) -> None:
@@ -403,6 +445,33 @@ def _channel_hint(text: str, args: argparse.Namespace) -> str:
     return f"; the model expects {expected} channels and the images have {got}"
 
 
+def _task(args: argparse.Namespace) -> Task:
+    if args.task == "segmentation":
+        return Segmentation(ignore_index=args.ignore_index, min_pixel_accuracy=args.min_pixel_accuracy)
+    return Classification()
+
+
+def _open_segmentation(args: argparse.Namespace) -> tuple[SegmentationFolder, dict[str, Any]]:
+    """The ``--image-folder`` / ``--mask-folder`` pairs (``--limit``: evenly spaced, deterministic)."""
+    dataset = SegmentationFolder(
+        Path(args.image_folder),
+        Path(args.mask_folder),
+        _transform(args.resize, args.grayscale),
+        args.resize,
+        _IMAGE_SUFFIXES,
+    )
+    if args.limit is not None and args.limit < len(dataset):
+        step = len(dataset) / args.limit
+        dataset.pairs = [dataset.pairs[int(i * step)] for i in range(args.limit)]
+    info = {
+        "source": "segmentation_folders",
+        "path": str(args.image_folder),
+        "masks": str(args.mask_folder),
+        "images": len(dataset),
+    }
+    return dataset, info
+
+
 def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args: argparse.Namespace) -> None:
     """Score one image before the sweep: channels, size, output shape and the number of classes."""
     image = dataset[0][0]
@@ -414,7 +483,7 @@ def _check_model_fits(model: nn.Module, dataset: Any, info: dict[str, Any], args
             f"use at most {min(height, width)}"
         )
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    batch = image.unsqueeze(0).to(device)
+    batch = images_in_model_dtype(image.unsqueeze(0).to(device), model)  # the library's dtype rule
     try:
         with torch.inference_mode():
             logits = model(batch)
@@ -455,12 +524,18 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
     if args.weights is not None:
         load_weights(model, args.weights)
     model.to(device).eval()
-    dataset, data_info = open_dataset(args)
-    _check_model_fits(model, dataset, data_info, args)
+    task = _task(args)
+    if isinstance(task, Segmentation):
+        dataset, data_info = _open_segmentation(args)
+        check_segmentation_fit(model, dataset, task)
+    else:
+        dataset, data_info = open_dataset(args)
+        _check_model_fits(model, dataset, data_info, args)
     loader: Any = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     progress = not args.no_progress
     if progress and context is None:
         loader = _with_estimates(loader, args, len(dataset))
+    affine = _affine_steps(args)
     space = {"max_rotation": args.max_rotation, "max_translation": args.max_translation}
     sweep = {
         "k": args.k,
@@ -469,11 +544,18 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "pgd_steps": args.pgd_steps,
         "seed": args.seed,
         "progress": progress,
+        "scale": tuple(args.scale),
+        "shear": args.shear,
         **space,
     }
     try:  # under torchrun each call shards the data and returns the whole result on every rank
-        results = robustness_sweep(model, loader, **sweep)
-        profile = rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+        results = robustness_sweep(model, loader, task=task, **sweep)
+        # The rotation profile and the landscape are classification metrics (predicted classes).
+        profile = (
+            rotation_profile(model, loader, max_rotation=args.max_rotation, progress=progress)
+            if isinstance(task, Classification)
+            else None
+        )
         if context is not None and not context.is_main:
             return 0
     except RuntimeError as error:
@@ -482,23 +564,9 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         raise
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    plots = {
-        "accuracy": plot_accuracies(
-            {args.model: {name: result.accuracy for name, result in results.items()}},
-            output / "accuracy.png",
-            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px",
-        ),
-        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
-        "rotation_profile": profile.save_plot(output / "rotation_profile.png", label=args.model),
-    }
-    count = min(args.landscape_images, len(dataset))
-    if count > 0:
-        images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
-        landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
-        classes = getattr(dataset, "classes", None)
-        plots["landscape"] = landscape.save_plot(
-            output / "landscape.png", model=args.model, class_names=classes
-        )
+    count = min(args.landscape_images, len(dataset)) if profile is not None else 0
+    planned = ["accuracy", "grid_transforms"]
+    planned += (["rotation_profile"] if profile is not None else []) + (["landscape"] if count > 0 else [])
     report = {
         "advspatial_version": __version__,
         "model": args.model,
@@ -509,22 +577,50 @@ def _evaluate(args: argparse.Namespace, device: torch.device, context: Distribut
         "attack_space": {
             **space,
             "k": args.k,
-            "grid": [args.grid_rotations, args.grid_translations, args.grid_translations],
+            "scale": list(args.scale),
+            "shear": args.shear,
+            "grid": [args.grid_rotations, args.grid_translations, args.grid_translations, *affine],
             "pgd_steps": args.pgd_steps,
             "seed": args.seed,
         },
+        "task": repr(task),
         "accuracy": {name: result.to_dict(per_sample=False)["accuracy"] for name, result in results.items()},
+        "metrics": {name: result.to_dict(per_sample=False)["metrics"] for name, result in results.items()},
         "results": {name: result.to_dict() for name, result in results.items()},
-        "labels": results["natural"].labels.tolist(),
-        "rotation_profile": profile.to_dict(),
-        "plots": {name: path.name for name, path in plots.items()},
+        **({"labels": results["natural"].labels.tolist()} if profile is not None else {}),
+        **({"rotation_profile": profile.to_dict()} if profile is not None else {}),
+        "plots": {name: f"{name}.png" for name in planned},
         "seconds": time.perf_counter() - start,
     }
-    report_path = output / "report.json"
+    report_path = output / "report.json"  # written before the plots: a failing plot loses no numbers
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'attack':<12} accuracy")
-    for name, result in results.items():
-        print(f"{name:<12} {100 * result.accuracy:6.1f} %")
+    plots = {
+        "accuracy": plot_accuracies(
+            {args.model: {name: result.accuracy for name, result in results.items()}},
+            output / "accuracy.png",
+            title=f"+-{args.max_rotation:g} degrees, +-{args.max_translation:g} px"
+            + (f", scale {args.scale[0]:g}-{args.scale[1]:g}, shear +-{args.shear:g}" if affine else ""),
+        ),
+        "grid_transforms": results["grid"].save_plot(output / "grid_transforms.png", model=args.model),
+    }
+    if profile is not None:
+        plots["rotation_profile"] = profile.save_plot(output / "rotation_profile.png", label=args.model)
+    if count > 0:
+        images, labels = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
+        landscape = loss_landscape(model, images.to(device), labels.to(device), **space)
+        classes = getattr(dataset, "classes", None)
+        plots["landscape"] = landscape.save_plot(
+            output / "landscape.png", model=args.model, class_names=classes
+        )
+    if isinstance(task, Segmentation):
+        threshold = f"(robust: pixel accuracy >= {task.min_pixel_accuracy:g} on every candidate)"
+        print(f"{'attack':<12} {'mIoU':>7} {'robust':>8}  {threshold}")
+        for name, result in results.items():
+            print(f"{name:<12} {100 * result.metrics['miou']:6.1f} % {100 * result.accuracy:6.1f} %")
+    else:
+        print(f"{'attack':<12} accuracy")
+        for name, result in results.items():
+            print(f"{name:<12} {100 * result.accuracy:6.1f} %")
     print(f"Report written to {report_path}; plots: {', '.join(p.name for p in plots.values())}")
     return 0
 
@@ -546,8 +642,8 @@ def _with_estimates(loader: DataLoader[Any], args: argparse.Namespace, images: i
         (f"worst-of-{args.k}", args.k, args.k),
         (grid_name, 1, grid),
         (f"first-order ({args.pgd_steps} steps)", pgd, pgd),
-        ("rotation profile", 31, 31),
-    ]
+        ("rotation profile", 63, 63),  # 31 angles scored with and without labels, + clean
+    ][: 6 if args.task == "classification" else 5]  # no rotation profile for segmentation
     stages = [(name, float(images * least), float(images * most)) for name, least, most in per_image]
     work = RemainingWork(stages)
     least = sum(images * stage[1] for stage in per_image)
@@ -619,6 +715,42 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--max-translation", type=float, metavar="PIXELS", default=3.0, help="pixels (default 3)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=[1.0, 1.0],
+        metavar=("LOW", "HIGH"),
+        help="zoom range, LOW <= 1 <= HIGH (default 1 1: none); with it or --shear the attacks search "
+        "the affine box and the grid gets 3 points per scale / shear axis",
+    )
+    parser.add_argument(
+        "--shear",
+        type=float,
+        metavar="DEGREES",
+        default=0.0,
+        help="shear half-width in degrees on both axes, <= 60 (default 0)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="what the model predicts (default classification); segmentation reads --mask-folder",
+    )
+    parser.add_argument(
+        "--mask-folder",
+        metavar="FOLDER",
+        help="with --task segmentation: <image name>.png masks of class indices, one per image",
+    )
+    parser.add_argument(
+        "--ignore-index", type=int, default=255, help="mask value that is not scored (default 255)"
+    )
+    parser.add_argument(
+        "--min-pixel-accuracy",
+        type=float,
+        default=0.9,
+        help="segmentation: a transformed image counts as right at this pixel accuracy (default 0.9)",
     )
     parser.add_argument("--k", type=_count(1), default=10, help="candidates of worst-of-k (default 10)")
     parser.add_argument(

@@ -28,10 +28,13 @@ the scorer. Against doubling cohorts and allowances this cut the evaluations of 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from advspatial.engine.tuning import RoundBudget
 
 __all__ = ["prior_order", "score_until_fooled"]
 
@@ -138,6 +141,7 @@ def score_until_fooled(
     losses: Tensor,
     correct: Tensor,
     scored: Tensor,
+    budget: RoundBudget | None = None,
 ) -> None:
     """Score pairs until every image is fooled once or has had every candidate scored.
 
@@ -152,6 +156,9 @@ def score_until_fooled(
         losses: ``(B, K)`` output, ``-inf`` where not scored.
         correct: ``(B, K)`` output, ``True`` where right or not scored.
         scored: ``(B, K)`` output.
+        budget: times the rounds; once they cost more than they saved (see
+            :class:`advspatial.engine.tuning.RoundBudget`), every image not fooled yet has all its
+            remaining pairs scored in one call. ``None``: rounds until the end.
     """
     batch, count = losses.shape
     device = losses.device
@@ -167,6 +174,8 @@ def score_until_fooled(
     tried_near = torch.zeros_like(fooled_near)
     survived_near = torch.zeros(batch, count, device=device) if kernel is not None else None
     admitted = min(batch, _FIRST_COHORT)
+    if budget is not None:
+        budget.start()
     while True:
         tried = scored.sum(dim=1)
         alive = correct.all(dim=1) & (tried < count)
@@ -177,6 +186,9 @@ def score_until_fooled(
                 return
             admitted = min(batch, math.ceil(admitted * _COHORT_GROWTH))
             continue
+        if budget is not None and budget.exhausted():
+            _score_the_rest(scorer, losses, correct, scored)
+            return
         overall = (fooled_near.sum(dim=0) + prior) / (tried_near.sum(dim=0) + 1)
         rate = (fooled_near + _CLASS_SMOOTHING * overall) / (tried_near + _CLASS_SMOOTHING)
         score = rate[groups[live]]
@@ -200,3 +212,16 @@ def score_until_fooled(
         if survived_near is not None and kernel is not None:
             _spread_to_images(survived_near, rows[ok], cols[ok], kernel)
         admitted = min(batch, math.ceil(admitted * _COHORT_GROWTH))
+        if budget is not None:
+            untouched = count - scored.sum(dim=1)
+            budget.round_done(int(rows.shape[0]), int(untouched[~correct.all(dim=1)].sum()))
+
+
+def _score_the_rest(scorer: PairScorer, losses: Tensor, correct: Tensor, scored: Tensor) -> None:
+    """Score every unscored pair of every image not fooled yet, in one call (full chunks)."""
+    rows, cols = (~scored & correct.all(dim=1, keepdim=True)).nonzero(as_tuple=True)
+    if rows.numel():
+        loss, ok = scorer.score(rows, cols)
+        losses[rows, cols] = loss
+        correct[rows, cols] = ok
+        scored[rows, cols] = True

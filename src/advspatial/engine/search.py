@@ -14,15 +14,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advspatial.engine.chunking import default_chunk_size, is_out_of_memory
+from advspatial.engine.chunking import ChunkRunner
 from advspatial.engine.model_state import check_same_device, scoring_mode
 from advspatial.engine.objectives import Targets
 from advspatial.engine.ordering import score_until_fooled
-from advspatial.errors import AdvSpatialError
+from advspatial.engine.tuning import RoundBudget, chunk_tuner
+from advspatial.errors import AdvSpatialError, images_in_model_dtype
 from advspatial.geometry.warp import _warp
 from advspatial.tasks import Classification, Task
 
-__all__ = ["CandidateObjective", "Scores", "ScoringConfig", "prepare_targets", "score_candidates"]
+__all__ = [
+    "CandidateObjective",
+    "Scores",
+    "ScoringConfig",
+    "model_outputs",
+    "prepare_targets",
+    "score_candidates",
+]
 
 CandidateObjective = Callable[[Tensor, Tensor], Tensor]
 """A custom per-pair objective ``(outputs (N, ...) float32, rows (N,) long) -> (N,)``."""
@@ -35,7 +43,8 @@ class ScoringConfig:
     Attributes:
         interpolation: ``"bilinear"`` or ``"nearest"``.
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
-        chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
+        chunk_size: (image, candidate) pairs per forward pass; ``None`` measures the fastest size on
+            the first chunks and keeps it (see :mod:`advspatial.engine.tuning`).
         autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
     """
 
@@ -62,6 +71,8 @@ class Scores:
         evaluations: forward evaluations spent, one per (image, candidate) pair, plus the clean
             forward pass when no labels were given.
         exhaustive_evaluations: what scoring every pair would have spent.
+        chunk_size: pairs per forward pass in effect when the search ended (the tuner's choice once
+            it has settled; ``None`` when nothing was scored).
     """
 
     losses: Tensor
@@ -69,6 +80,7 @@ class Scores:
     scored: Tensor
     evaluations: int
     exhaustive_evaluations: int
+    chunk_size: int | None = None
 
 
 class _Scorer:
@@ -85,42 +97,38 @@ class _Scorer:
     ):
         self.net, self.images, self.candidates, self.config, self.task = net, images, candidates, config, task
         self.size: tuple[int, int] = (images.shape[-2], images.shape[-1])
-        self.chunk_size = config.chunk_size or default_chunk_size(images)
+        tuner = None if config.chunk_size else chunk_tuner(net, images, config.autocast)
+        self.chunks = ChunkRunner(images.device, config.chunk_size, tuner)
         self.evaluations = 0
         self.objective = objective
         self.targets: Targets | None = None
 
-    def _chunks(self, total: int, step: Callable[[int, int], None]) -> None:
-        """Call ``step(start, stop)`` over ``[0, total)`` in chunks; halves the chunk on out-of-memory."""
-        start = 0
-        while start < total:
-            stop = min(start + self.chunk_size, total)
-            try:
-                step(start, stop)
-            except (RuntimeError, torch.OutOfMemoryError) as error:
-                if not is_out_of_memory(error) or self.chunk_size == 1:
-                    raise
-                self.chunk_size = max(1, self.chunk_size // 2)
-                continue
-            start = stop
+    def _chunks(self, total: int, step: Callable[[int, int], None], *, timed: bool = True) -> None:
+        """Call ``step(start, stop)`` over ``[0, total)`` in chunks (tuned unless the size is given;
+        ``timed=False`` for work other than pairs); halves the chunk on out-of-memory."""
+        self.chunks.run(total, step, timed=timed)
 
     def prepare(self, targets: Tensor | None) -> Targets:
         """The search's targets; without them, the task's reference from a chunked clean pass."""
         if targets is not None:
             self.targets = Targets(self.task, targets, labelled=True)
             return self.targets
-        batch = self.images.shape[0]
-        references: list[Tensor] = []
+        references = self.outputs(self.task.reference)
+        self.evaluations += self.images.shape[0]
+        self.targets = Targets(self.task, references, labelled=False)
+        return self.targets
+
+    def outputs(self, then: Callable[[Tensor], Tensor] = lambda outputs: outputs) -> Tensor:
+        """``then`` of the checked outputs on the untransformed images, in chunks, as a normal tensor."""
+        parts: list[Tensor] = []
 
         def clean(start: int, stop: int) -> None:
             with torch.inference_mode(), self.config.autocast_context(self.images.device):
                 outputs = self.task.check_outputs(self.net(self.images[start:stop]), stop - start, self.size)
-                references.append(self.task.reference(outputs))
+                parts.append(then(outputs))
 
-        self._chunks(batch, clean)
-        self.evaluations += batch
-        self.targets = Targets(self.task, torch.cat(references), labelled=False)  # a normal tensor
-        return self.targets
+        self._chunks(self.images.shape[0], clean, timed=False)
+        return torch.cat(parts)  # outside inference_mode: a normal tensor, usable by autograd
 
     def _forward(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
         assert self.targets is not None
@@ -159,6 +167,27 @@ def _custom_objective(objective: CandidateObjective, outputs: Tensor, rows: Tens
     return loss.float()
 
 
+def model_outputs(
+    model: nn.Module, images: Tensor, task: Task, config: ScoringConfig = ScoringConfig()
+) -> Tensor:
+    """The model's outputs on ``images``, checked by ``task``, in chunks with out-of-memory back-off.
+
+    In eval mode under ``torch.inference_mode``; the model is left exactly as it was. Every forward
+    pass of the library that needs no gradient goes through here or through :func:`score_candidates`.
+
+    Example:
+        >>> from advspatial.tasks import Classification
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> model_outputs(model, torch.rand(5, 1, 2, 2), Classification()).shape
+        torch.Size([5, 3])
+    """
+    if images.shape[0] == 0:
+        raise AdvSpatialError("images must hold at least one image to run the model on, got 0")
+    images = images_in_model_dtype(images, model)  # the library's one dtype rule
+    with scoring_mode(model) as net:
+        return _Scorer(net, images, images.new_zeros(0, 3), config, task).outputs()
+
+
 def prepare_targets(
     net: nn.Module, images: Tensor, targets: Tensor | None, config: ScoringConfig, task: Task
 ) -> Targets:
@@ -192,7 +221,8 @@ def score_candidates(
         config: warping and chunking options.
         early_exit: accuracy only: stop scoring an image once a candidate fools the model. Pairs are
             tried in an adaptive order (see :mod:`advspatial.engine.ordering`) and packed into
-            full chunks; the robust set is exactly the exhaustive one.
+            full chunks; the robust set is exactly the exhaustive one. Once the rounds cost more
+            than they save, the rest is scored exhaustively (:class:`~advspatial.engine.tuning.RoundBudget`).
         objective: optional ``(outputs, rows) -> (N,)`` ranking that replaces the task's loss
             (correctness still comes from the task).
         task: how pairs are scored (:class:`advspatial.tasks.Classification` when ``None``).
@@ -220,6 +250,7 @@ def score_candidates(
             scored.fill_(True)
         else:
             shared = candidates if candidates.ndim == 2 else candidates[0]
-            score_until_fooled(scorer, shared, prepared.groups(), losses, correct, scored)
+            budget = RoundBudget(batch * count, scorer.chunks.pair_seconds, scorer.chunks.clock)
+            score_until_fooled(scorer, shared, prepared.groups(), losses, correct, scored, budget)
     exhaustive = batch * count + (batch if targets is None else 0)
-    return Scores(losses, correct, scored, scorer.evaluations, exhaustive)
+    return Scores(losses, correct, scored, scorer.evaluations, exhaustive, scorer.chunks.chunk_size)

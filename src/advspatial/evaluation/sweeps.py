@@ -17,17 +17,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advspatial.engine.search import model_outputs
 from advspatial.errors import AdvSpatialError, positive_int
 from advspatial.evaluation.plots import plot_chosen_transforms
-from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, model_outputs, walk
+from advspatial.evaluation.walk import BatchRows, Data, KeyedDraws, Step, Walk, walk
+from advspatial.space.affine import AffineBox, Space
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
-from advspatial.strategies.grid import GridSearchRotoTranslation
+from advspatial.strategies.grid import GridSearch, GridSearchRotoTranslation, default_steps
 from advspatial.strategies.worst_of_k import WorstOfK
 from advspatial.tasks import Classification, Task, check_task
 
 __all__ = [
     "SweepResult",
+    "affine_space",
     "first_order_accuracy",
     "grid_accuracy",
     "natural_accuracy",
@@ -50,7 +53,7 @@ class SweepResult:
             ``min_pixel_accuracy`` under every candidate: the robust fraction).
         targets: the targets as walked: ``(N,)`` labels, ``(N, H, W)`` masks, ...
         params: ``(N, 3)`` transform chosen per sample, rows ``(angle_degrees, tx_px, ty_px)``
-            (zeros for the natural accuracy).
+            (zeros for the natural accuracy), or ``(N, 6)`` affine rows for an affine space.
         loss: ``(N,)`` objective of the chosen transform (cross-entropy for classification).
         evaluations: forward evaluations spent (under ``torchrun``: by all ranks, the sampler's
             padding included).
@@ -260,16 +263,23 @@ def random_accuracy(
     model: nn.Module,
     data: Data,
     *,
-    max_rotation: float = 30.0,
-    max_translation: float | Sequence[float] = 3.0,
+    max_rotation: float | None = None,
+    max_translation: float | Sequence[float] | None = None,
+    space: Space | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
     task: Task | None = None,
 ) -> SweepResult:
-    """Accuracy under one uniformly random roto-translation per image (worst-of-1)."""
+    """Accuracy under one uniformly random transform per image (worst-of-1); ranges as for WorstOfK."""
     search = WorstOfK(
-        model, k=1, max_rotation=max_rotation, max_translation=max_translation, generator=generator, task=task
+        model,
+        k=1,
+        max_rotation=max_rotation,
+        max_translation=max_translation,
+        space=space,
+        generator=generator,
+        task=task,
     )
     return search_accuracy(model, data, search, name="random", batch_size=batch_size, progress=progress)
 
@@ -279,20 +289,59 @@ def worst_of_k_accuracy(
     data: Data,
     *,
     k: int = 10,
-    max_rotation: float = 30.0,
-    max_translation: float | Sequence[float] = 3.0,
+    max_rotation: float | None = None,
+    max_translation: float | Sequence[float] | None = None,
+    space: Space | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
     task: Task | None = None,
 ) -> SweepResult:
-    """Accuracy under the worst of ``k`` random roto-translations per image (Engstrom et al. 2019)."""
+    """Accuracy under the worst of ``k`` random transforms per image (Engstrom et al. 2019).
+
+    ``max_rotation`` / ``max_translation`` (30, 3 by default) or ``space`` (e.g. an
+    :class:`advspatial.AffineBox`), as for :class:`advspatial.WorstOfK`.
+    """
     search = WorstOfK(
-        model, k=k, max_rotation=max_rotation, max_translation=max_translation, generator=generator, task=task
+        model,
+        k=k,
+        max_rotation=max_rotation,
+        max_translation=max_translation,
+        space=space,
+        generator=generator,
+        task=task,
     )
     return search_accuracy(
         model, data, search, name=f"worst_of_{k}", batch_size=batch_size, progress=progress
     )
+
+
+def _grid_search(
+    model: nn.Module,
+    rotations: int,
+    translations: int | Sequence[int],
+    max_rotation: float | None,
+    max_translation: float | Sequence[float] | None,
+    space: Space | None,
+    early_exit: bool,
+    task: Task | None = None,
+) -> GridSearch:
+    """The grid of :func:`grid_accuracy`."""
+    if space is None:
+        return GridSearchRotoTranslation(
+            model,
+            rotations=rotations,
+            translations=translations,
+            max_rotation=30.0 if max_rotation is None else max_rotation,
+            max_translation=3.0 if max_translation is None else max_translation,
+            early_exit=early_exit,
+            task=task,
+        )
+    if max_rotation is not None or max_translation is not None:
+        raise AdvSpatialError("pass either space= or max_rotation= / max_translation=, not both")
+    shifts = (translations, translations) if not isinstance(translations, Sequence) else tuple(translations)
+    steps = (rotations, *shifts, *default_steps(space)[3:])  # GridSearch checks the counts
+    return GridSearch(model, space=space, steps=steps, early_exit=early_exit, task=task)
 
 
 def grid_accuracy(
@@ -301,8 +350,9 @@ def grid_accuracy(
     *,
     rotations: int = 31,
     translations: int | Sequence[int] = 5,
-    max_rotation: float = 30.0,
-    max_translation: float | Sequence[float] = 3.0,
+    max_rotation: float | None = None,
+    max_translation: float | Sequence[float] | None = None,
+    space: Space | None = None,
     early_exit: bool = True,
     batch_size: int | None = None,
     progress: bool = False,
@@ -312,16 +362,13 @@ def grid_accuracy(
 
     With ``early_exit`` (default) an image stops being scored once fooled: the accuracy is exact and
     ``evaluations`` tells the work spent; the chosen params of a fooled image are *a* fooling one
-    (and may depend on which images share its batch).
+    (and may depend on which images share its batch). With ``space`` (an
+    :class:`advspatial.AffineBox`, instead of the two ranges) the grid is :class:`advspatial.GridSearch`'s:
+    ``rotations x translations``, then 3 points per scale or shear axis that has a range
+    (:func:`advspatial.strategies.grid.default_steps`).
     """
-    search = GridSearchRotoTranslation(
-        model,
-        rotations=rotations,
-        translations=translations,
-        max_rotation=max_rotation,
-        max_translation=max_translation,
-        early_exit=early_exit,
-        task=task,
+    search = _grid_search(
+        model, rotations, translations, max_rotation, max_translation, space, early_exit, task
     )
     return search_accuracy(model, data, search, name="grid", batch_size=batch_size, progress=progress)
 
@@ -331,8 +378,9 @@ def first_order_accuracy(
     data: Data,
     *,
     steps: int = 5,
-    max_rotation: float = 30.0,
-    max_translation: float | Sequence[float] = 3.0,
+    max_rotation: float | None = None,
+    max_translation: float | Sequence[float] | None = None,
+    space: Space | None = None,
     random_start: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
@@ -349,11 +397,34 @@ def first_order_accuracy(
         steps=steps,
         max_rotation=max_rotation,
         max_translation=max_translation,
+        space=space,
         random_start=random_start,
         generator=generator,
         task=task,
     )
     return search_accuracy(model, data, search, name="first_order", batch_size=batch_size, progress=progress)
+
+
+def affine_space(
+    max_rotation: float | None,
+    max_translation: float | Sequence[float] | None,
+    scale: Sequence[float] = (1.0, 1.0),
+    shear: float | Sequence[float] = 0.0,
+) -> AffineBox | None:
+    """``AffineBox(max_rotation, max_translation, scale, shear)``, or ``None`` when it has no scale or
+    shear range (the sweeps then search the roto-translation box, with ``(N, 3)`` params as before).
+
+    Example:
+        >>> affine_space(30, 3) is None, affine_space(30, 3, scale=(0.8, 1.2)).bounds[1]
+        (True, (30.0, 3.0, 3.0, 1.2, 0.0, 0.0))
+    """
+    box = AffineBox(
+        30.0 if max_rotation is None else max_rotation,
+        3.0 if max_translation is None else max_translation,
+        scale,
+        shear,
+    )
+    return None if box.scale == (1.0, 1.0) and box.shear == (0.0, 0.0) else box
 
 
 def robustness_sweep(
@@ -369,13 +440,18 @@ def robustness_sweep(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = False,
+    scale: Sequence[float] = (1.0, 1.0),
+    shear: float | Sequence[float] = 0.0,
     task: Task | None = None,
 ) -> dict[str, SweepResult]:
     """Natural, random, worst-of-k, grid (early exit) and first-order accuracy in one call.
 
     Random (worst-of-1) draws from ``torch.Generator().manual_seed(seed)``, worst-of-k from
-    ``seed + 1``. With ``task=Segmentation()`` (masks as targets) each result's ``accuracy`` is the
-    robust fraction and ``metrics["miou"]`` the mean IoU of the chosen transforms.
+    ``seed + 1``. With a ``scale`` range other than ``(1, 1)`` or a ``shear`` other than 0 every
+    attack searches ``AffineBox(max_rotation, max_translation, scale, shear)`` (see
+    :func:`affine_space`; params are then ``(N, 6)``) and the grid gets 3 points per scale or shear
+    axis with a range. With ``task=Segmentation()`` (masks as targets) each result's ``accuracy`` is
+    the robust fraction and ``metrics["miou"]`` the mean IoU of the chosen transforms.
 
     Returns:
         ``{"natural", "random", "worst_of_<k>", "grid", "first_order"}`` -> :class:`SweepResult`.
@@ -387,7 +463,10 @@ def robustness_sweep(
         ['first_order', 'grid', 'natural', 'random', 'worst_of_10']
     """
     positive_int(seed, "seed", minimum=0)
-    space: dict[str, Any] = {"max_rotation": max_rotation, "max_translation": max_translation}
+    box = affine_space(max_rotation, max_translation, scale, shear)
+    space: dict[str, Any] = (
+        {"max_rotation": max_rotation, "max_translation": max_translation} if box is None else {"space": box}
+    )
     common: dict[str, Any] = {"batch_size": batch_size, "progress": progress, "task": task}
     results = [
         natural_accuracy(model, data, **common),

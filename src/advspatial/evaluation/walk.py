@@ -39,18 +39,18 @@ from advspatial.distributed.collectives import (
 )
 from advspatial.distributed.context import DistributedContext, current_context
 from advspatial.distributed.sampling import shard_sampler
-from advspatial.engine.model_state import check_model, model_device, scoring_mode
+from advspatial.engine.model_state import check_model, model_device
+from advspatial.engine.search import model_outputs
 from advspatial.errors import (
     AdvSpatialError,
     check_images,
     check_label_range,
-    check_logits,
     optional_generator,
     positive_int,
 )
 from advspatial.tasks import Classification, Task
 
-__all__ = ["BatchRows", "Data", "KeyedDraws", "Step", "Walk", "model_logits", "model_outputs", "walk"]
+__all__ = ["BatchRows", "Data", "KeyedDraws", "Step", "Walk", "model_logits", "walk"]
 
 Data = Dataset[Any] | DataLoader[Any] | Iterable[Any]
 """What every evaluation function walks: a map-style dataset, a loader, or an iterable of batches."""
@@ -152,24 +152,11 @@ class KeyedDraws:
         return self._table[index.to(self._table.device)].to(device)
 
 
-def model_outputs(model: nn.Module, images: Tensor, task: Task) -> Tensor:
-    """The model's outputs on ``images`` in eval mode (the model is left as it was), checked by ``task``.
-
-    Example:
-        >>> from advspatial.tasks import Segmentation
-        >>> model = torch.nn.Conv2d(1, 3, 1)
-        >>> model_outputs(model, torch.rand(2, 1, 4, 4), Segmentation()).shape
-        torch.Size([2, 3, 4, 4])
-    """
-    with scoring_mode(model) as net, torch.inference_mode():
-        outputs = task.check_outputs(net(images), images.shape[0], (images.shape[-2], images.shape[-1]))
-        return outputs.clone()
-
-
 def model_logits(model: nn.Module, images: Tensor, labels: Tensor | None = None) -> Tensor:
     """The model's float32 logits on ``images`` in eval mode (the model is left as it was), checked.
 
-    Raises a clear :class:`~advspatial.errors.AdvSpatialError` when the model does not return one
+    Chunked with out-of-memory back-off (:func:`advspatial.engine.model_outputs`). Raises a clear
+    :class:`~advspatial.errors.AdvSpatialError` when the model does not return one
     ``(B, num_classes)`` tensor of finite logits, or when ``labels`` index past its classes.
 
     Example:
@@ -177,8 +164,7 @@ def model_logits(model: nn.Module, images: Tensor, labels: Tensor | None = None)
         >>> model_logits(model, torch.rand(2, 1, 2, 2)).shape
         torch.Size([2, 3])
     """
-    with scoring_mode(model) as net, torch.inference_mode():
-        logits = check_logits(net(images), images.shape[0]).float().clone()
+    logits = model_outputs(model, images, Classification()).float()
     if labels is not None:
         check_label_range(labels, logits.shape[1])
     return logits

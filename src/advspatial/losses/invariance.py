@@ -11,18 +11,17 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from advspatial.engine.model_state import check_model, check_same_device, scoring_mode, unwrap_model
-from advspatial.engine.search import score_candidates
+from advspatial.engine.model_state import check_model, check_same_device, unwrap_model
+from advspatial.engine.search import model_outputs, score_candidates
 from advspatial.errors import (
     AdvSpatialError,
     check_images,
-    check_logits,
     check_params,
     choice,
     images_in_model_dtype,
 )
 from advspatial.geometry.warp import roto_translate
-from advspatial.strategies.grid import GridSearchRotoTranslation
+from advspatial.strategies.grid import GridSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.strategies.worst_of_k import WorstOfK
 from advspatial.tasks import Classification, Task, check_task
@@ -98,9 +97,10 @@ class InvarianceRegularizedLoss(nn.Module):
     Args:
         model: the classifier being trained (held by reference, not registered as a submodule); a
             DDP or ``torch.compile`` wrapper is fine. It must be the model the attack holds.
-        attack: a :class:`advspatial.WorstOfK`, :class:`advspatial.GridSearchRotoTranslation`,
-            :class:`advspatial.SpatialPGD` or any object with ``search(images, labels)`` returning
-            ``.params`` ``(B, 3)``. ``x'`` is built with ``attack.apply`` when it has one.
+        attack: a :class:`advspatial.WorstOfK`, :class:`advspatial.GridSearch` (e.g.
+            :class:`advspatial.GridSearchRotoTranslation`), :class:`advspatial.SpatialPGD` or any
+            object with ``search(images, labels)`` returning ``.params`` ``(B, 3)`` (``(B, 6)`` over
+            an affine space). ``x'`` is built with ``attack.apply`` when it has one.
         regularizer: ``"kl"`` or ``"l2"``.
         weight: ``lambda >= 0``; ``None`` takes the paper's value (8 for ``"kl"``, 1 for ``"l2"``).
         task_on: ``"nat"``, ``"adv"`` or ``"both"``.
@@ -178,7 +178,7 @@ class InvarianceRegularizedLoss(nn.Module):
         ):
             raise AdvSpatialError(
                 "attack_objective='regularizer' with regularizer='l2' needs a classification attack with a "
-                f"candidate set (WorstOfK or GridSearchRotoTranslation), got {type(attack).__name__} with "
+                f"candidate set (WorstOfK or a GridSearch), got {type(attack).__name__} with "
                 f"{self.task!r}; use attack_objective='task' or regularizer='kl'"
             )
         if task_loss is not None and not callable(task_loss):
@@ -198,7 +198,7 @@ class InvarianceRegularizedLoss(nn.Module):
             images: ``(B, C, H, W)`` float, ``B >= 1``, on the model's device.
             targets: the task's targets: ``(B,)`` class indices for classification, ``(B, H, W)``
                 masks for segmentation, ``(B, 4)`` boxes, ``(B, P, 2)`` points.
-            params: optional ``(B, 3)`` transforms to use instead of searching (replay).
+            params: optional ``(B, 3)`` or ``(B, 6)`` transforms to use instead of searching (replay).
 
         Returns:
             A scalar tensor; :attr:`last` holds its components.
@@ -262,14 +262,12 @@ class InvarianceRegularizedLoss(nn.Module):
     def _search_regularizer(self, images: Tensor, labels: Tensor) -> SearchResult:
         """Rank the attack's candidates by the regularizer against the eval-mode clean logits."""
         attack = self.attack
-        assert isinstance(attack, WorstOfK | GridSearchRotoTranslation)
+        assert isinstance(attack, WorstOfK | GridSearch)
         if isinstance(attack, WorstOfK):
             candidates = attack.sample(images.shape[0], images.device)
         else:
             candidates = attack.candidates.to(images.device)
-        autocast = attack.config.autocast_context(images.device)
-        with scoring_mode(self.model) as net, torch.inference_mode(), autocast:
-            clean = check_logits(net(images), images.shape[0]).float()
+        clean = model_outputs(self.model, images, self.task, attack.config).float()
         penalty = REGULARIZERS[self.regularizer]
 
         def objective(logits: Tensor, rows: Tensor) -> Tensor:
@@ -306,7 +304,7 @@ def _task_of(attack: object, task: object) -> Task:
 
 
 def _has_candidates(attack: object) -> bool:
-    return isinstance(attack, WorstOfK | GridSearchRotoTranslation)
+    return isinstance(attack, WorstOfK | GridSearch)
 
 
 def _root(model: nn.Module) -> nn.Module:

@@ -10,7 +10,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from advspatial.errors import AdvSpatialError, positive_int, symmetric_range
+from advspatial.errors import (
+    AdvSpatialError,
+    check_sample_shape,
+    optional_generator,
+    positive_int,
+    symmetric_range,
+)
 from advspatial.space.box import RotoTranslationBox, check_rows, grid_axis
 
 __all__ = ["MAX_SHEAR", "AffineBox", "Space", "check_space"]
@@ -138,6 +144,7 @@ class AffineBox:
             device: where the result goes.
             dtype: float dtype of the result.
         """
+        shape, generator = check_sample_shape(shape), optional_generator(generator)
         draw_device = generator.device if generator is not None else device
         unit = torch.rand((*shape, 6), generator=generator, device=draw_device, dtype=torch.float64)
         lows, highs = self._limits(draw_device, torch.float64)

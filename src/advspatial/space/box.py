@@ -10,7 +10,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from advspatial.errors import AdvSpatialError, optional_generator, positive_int, symmetric_range
+from advspatial.errors import (
+    AdvSpatialError,
+    check_sample_shape,
+    optional_generator,
+    positive_int,
+    symmetric_range,
+)
 
 __all__ = ["RotoTranslationBox", "check_rows", "grid_axis"]
 
@@ -126,11 +132,7 @@ class RotoTranslationBox:
             device: where the result goes.
             dtype: float dtype of the result.
         """
-        if not isinstance(shape, Sequence) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
-        ):
-            raise AdvSpatialError(f"shape must be a sequence of integers >= 0, e.g. (B, K), got {shape!r}")
-        generator = optional_generator(generator)
+        shape, generator = check_sample_shape(shape), optional_generator(generator)
         draw_device = generator.device if generator is not None else device
         unit = torch.rand((*shape, 3), generator=generator, device=draw_device, dtype=torch.float64)
         limits = self._limits(draw_device, torch.float64)

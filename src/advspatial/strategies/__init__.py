@@ -2,8 +2,15 @@
 
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.first_order import SpatialPGD
-from advspatial.strategies.grid import GridSearchRotoTranslation
+from advspatial.strategies.grid import GridSearch, GridSearchRotoTranslation
 from advspatial.strategies.result import SearchResult
 from advspatial.strategies.worst_of_k import WorstOfK
 
-__all__ = ["GridSearchRotoTranslation", "SearchResult", "SpatialPGD", "SpatialSearch", "WorstOfK"]
+__all__ = [
+    "GridSearch",
+    "GridSearchRotoTranslation",
+    "SearchResult",
+    "SpatialPGD",
+    "SpatialSearch",
+    "WorstOfK",
+]

@@ -14,6 +14,7 @@ from advspatial.engine.objectives import select_worst
 from advspatial.engine.search import Scores, ScoringConfig
 from advspatial.errors import AdvSpatialError, check_images, choice, images_in_model_dtype, positive_int
 from advspatial.geometry.warp import INTERPOLATIONS, PADDINGS, _warp
+from advspatial.space.affine import Space, check_space
 from advspatial.space.box import RotoTranslationBox
 from advspatial.strategies.result import SearchResult
 from advspatial.tasks import Classification, Task, check_task
@@ -23,8 +24,24 @@ __all__ = ["SELECTIONS", "SpatialSearch"]
 SELECTIONS: tuple[str, ...] = ("engstrom", "max_loss")
 
 
+def resolve_space(
+    space: object, max_rotation: float | None, max_translation: float | Sequence[float] | None
+) -> Space:
+    """The search's parameter space: ``space`` when given, else the box of the two ranges (30, 3)."""
+    if space is None:
+        return RotoTranslationBox(
+            30.0 if max_rotation is None else max_rotation,
+            3.0 if max_translation is None else max_translation,
+        )
+    if max_rotation is not None or max_translation is not None:
+        raise AdvSpatialError(
+            "pass either space= or max_rotation= / max_translation=, not both (the space holds the ranges)"
+        )
+    return check_space(space)
+
+
 class SpatialSearch(ABC):
-    """Base class: holds a model reference (never as a submodule) and a parameter box.
+    """Base class: holds a model reference (never as a submodule) and a parameter space (``.box``).
 
     Subclasses implement :meth:`search`; calling the transform searches, then warps the images with
     the chosen parameters (differentiably with respect to the images). ``task`` (default
@@ -35,8 +52,9 @@ class SpatialSearch(ABC):
         self,
         model: nn.Module,
         *,
-        max_rotation: float,
-        max_translation: float | Sequence[float],
+        max_rotation: float | None = None,
+        max_translation: float | Sequence[float] | None = None,
+        space: Space | None = None,
         selection: str = "engstrom",
         interpolation: str = "bilinear",
         padding: str = "zeros",
@@ -46,7 +64,7 @@ class SpatialSearch(ABC):
     ) -> None:
         self.model = check_model(model)
         self.task = Classification() if task is None else check_task(task)
-        self.box = RotoTranslationBox.of(max_rotation, max_translation)
+        self.box: Space = resolve_space(space, max_rotation, max_translation)
         self.selection = choice(selection, "selection", SELECTIONS)
         if chunk_size is not None:
             positive_int(chunk_size, "chunk_size")
@@ -121,16 +139,21 @@ class SpatialSearch(ABC):
             evaluations=scores.evaluations,
             exhaustive_evaluations=scores.exhaustive_evaluations,
             targets=self._moved_targets(targets, chosen, images),
+            chunk_size=scores.chunk_size,
         )
 
     def _extra_repr(self) -> dict[str, Any]:
         return {}
 
     def __repr__(self) -> str:
+        ranges: dict[str, Any] = (
+            {"space": self.box}
+            if self.box.columns != 3
+            else {"max_rotation": self.max_rotation, "max_translation": self.max_translation}
+        )
         fields = {
             **self._extra_repr(),
-            "max_rotation": self.max_rotation,
-            "max_translation": self.max_translation,
+            **ranges,
             "selection": self.selection,
             "interpolation": self.config.interpolation,
             "padding": self.config.padding,

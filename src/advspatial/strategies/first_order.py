@@ -1,4 +1,4 @@
-"""First-order spatial attack: projected sign-gradient ascent on ``(angle, tx, ty)``."""
+"""First-order spatial attack: projected sign-gradient ascent on the parameter row (3 or 6 axes)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from advspatial.engine.model_state import scoring_mode
 from advspatial.engine.search import prepare_targets
 from advspatial.errors import flag, images_fit_model, optional_generator, positive_int, symmetric_range
 from advspatial.geometry.warp import _warp
+from advspatial.space.affine import Space
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.tasks import Task
@@ -30,16 +31,22 @@ class SpatialPGD(SpatialSearch):
 
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise, then pixels right and down; bilinear,
-        zero fill (see :func:`advspatial.roto_translate`).
+        zero fill (see :func:`advspatial.roto_translate`). With ``space=AffineBox(...)`` all six axes
+        ``(angle, tx, ty, scale, shear_x, shear_y)`` take sign-gradient steps and are projected back
+        into the box axis by axis (scale in its own units).
 
     Args:
         model: the classifier to attack.
         steps: number of gradient steps.
-        step_size: per-coordinate step ``(degrees, px, px)`` or one number for all; default
-            ``2.5 * half_width / steps`` per coordinate (Madry et al.'s rule).
-        max_rotation: largest angle in degrees, as for :class:`WorstOfK`.
-        max_translation: largest shift in pixels, one number or ``(x, y)``, as for :class:`WorstOfK`.
-        random_start: start from a uniform draw in the box instead of the identity.
+        step_size: per-coordinate step ``(degrees, px, px)`` (six numbers for an affine space:
+            ``(degrees, px, px, scale, degrees, degrees)``) or one number for all; default
+            ``2.5 * half_width / steps`` per coordinate (Madry et al.'s rule; the half-width of the
+            scale axis is ``(high - low) / 2``).
+        max_rotation: largest angle in degrees, as for :class:`WorstOfK` (default 30).
+        max_translation: largest shift in pixels, one number or ``(x, y)``, as for :class:`WorstOfK`
+            (default 3).
+        space: the parameter space instead of the two ranges, as for :class:`WorstOfK`.
+        random_start: start from a draw in the box instead of the identity.
         generator: generator for the random start.
         selection: as for :class:`WorstOfK`.
         padding: as for :class:`WorstOfK` (interpolation is bilinear: nearest has no gradient with
@@ -54,6 +61,10 @@ class SpatialPGD(SpatialSearch):
         >>> result = attack.search(torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3]))
         >>> bool(attack.box.contains(result.params).all()), result.evaluations
         (True, 18)
+        >>> from advspatial import AffineBox
+        >>> affine = SpatialPGD(model, space=AffineBox(scale=(0.8, 1.2), shear=10))
+        >>> tuple(round(step, 4) for step in affine.step_size)
+        (15.0, 1.5, 1.5, 0.1, 5.0, 5.0)
     """
 
     def __init__(
@@ -62,8 +73,9 @@ class SpatialPGD(SpatialSearch):
         *,
         steps: int = 5,
         step_size: float | Sequence[float] | None = None,
-        max_rotation: float = 30.0,
-        max_translation: float | Sequence[float] = 3.0,
+        max_rotation: float | None = None,
+        max_translation: float | Sequence[float] | None = None,
+        space: Space | None = None,
         random_start: bool = False,
         generator: torch.Generator | None = None,
         selection: str = "engstrom",
@@ -75,6 +87,7 @@ class SpatialPGD(SpatialSearch):
             model,
             max_rotation=max_rotation,
             max_translation=max_translation,
+            space=space,
             selection=selection,
             interpolation="bilinear",
             padding=padding,
@@ -83,9 +96,10 @@ class SpatialPGD(SpatialSearch):
         )
         self.steps = positive_int(steps, "steps", minimum=0)
         if step_size is None:
-            self.step_size = tuple(2.5 * h / max(self.steps, 1) for h in self.box.half_widths)
+            half_widths = [(high - low) / 2 for low, high in zip(*self.box.bounds, strict=True)]
+            self.step_size = tuple(2.5 * h / max(self.steps, 1) for h in half_widths)
         else:
-            self.step_size = symmetric_range(step_size, "step_size", 3)
+            self.step_size = symmetric_range(step_size, "step_size", self.box.columns)
         flag(random_start, "random_start")
         optional_generator(generator)
         self.random_start = random_start
@@ -113,7 +127,7 @@ class SpatialPGD(SpatialSearch):
         if self.random_start:
             params = self.box.sample((batch,), generator=generator or self.generator, device=device)
         else:
-            params = torch.zeros(batch, 3, device=device)
+            params = self.box.identity((batch,), device=device)
         step = torch.tensor(self.step_size, device=device)
         best_params, best_loss = params.clone(), torch.full((batch,), -torch.inf, device=device)
         best_correct = torch.ones(batch, dtype=torch.bool, device=device)

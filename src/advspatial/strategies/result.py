@@ -14,7 +14,8 @@ class SearchResult:
     """The transforms a search chose, and how the model fared.
 
     Attributes:
-        params: ``(B, 3)`` chosen rows ``(angle_degrees, tx_pixels, ty_pixels)``; replay them with
+        params: ``(B, 3)`` chosen rows ``(angle_degrees, tx_pixels, ty_pixels)``, or ``(B, 6)`` rows
+            ``(angle, tx, ty, scale, shear_x, shear_y)`` for an affine space; replay them with
             :func:`advspatial.roto_translate` (or on masks, boxes and points with its companions).
         loss: ``(B,)`` objective of the chosen transform, as the task defines it (for classification
             cross-entropy with labels, otherwise ``KL(p_clean || p_transformed)``).
@@ -32,6 +33,8 @@ class SearchResult:
         targets: the targets moved by the chosen transforms, as the task moves them (labels
             unchanged, masks ``(B, H, W)``, boxes ``(B, 4)``, points ``(B, P, 2)``), so a training
             step can use them directly; ``None`` when the search ran without targets.
+        chunk_size: (image, candidate) pairs per forward pass when the search ended (the chunk
+            tuner's choice unless ``chunk_size`` was given); ``None`` for searches that do not chunk.
     """
 
     params: Tensor
@@ -43,6 +46,7 @@ class SearchResult:
     evaluations: int
     exhaustive_evaluations: int
     targets: Tensor | None = None
+    chunk_size: int | None = None
 
     @property
     def saved_evaluations(self) -> int:

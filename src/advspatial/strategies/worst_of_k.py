@@ -1,4 +1,4 @@
-"""Worst-of-k: draw k random roto-translations per image, keep the worst (Engstrom et al. 2019)."""
+"""Worst-of-k: draw k random transforms per image, keep the worst (Engstrom et al. 2019)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from advspatial.errors import (
     images_fit_model,
     optional_generator,
 )
+from advspatial.space.affine import Space
 from advspatial.strategies.base import SpatialSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.tasks import Task
@@ -25,7 +26,7 @@ __all__ = ["WorstOfK"]
 
 
 class WorstOfK(SpatialSearch):
-    """Keep, per image, the worst of ``k`` roto-translations drawn uniformly from the box.
+    """Keep, per image, the worst of ``k`` transforms drawn from the box (roto-translations or affine).
 
     Engstrom et al. 2019, "Exploring the Landscape of Spatial Robustness" (worst-of-10 with
     +-30 degrees and +-3 px on MNIST/CIFAR-10). Candidates are drawn independently per image and all
@@ -33,13 +34,18 @@ class WorstOfK(SpatialSearch):
 
     Convention:
         Rows ``(angle, tx, ty)``: degrees counter-clockwise, then pixels right and down; bilinear,
-        zero fill (see :func:`advspatial.roto_translate`).
+        zero fill (see :func:`advspatial.roto_translate`). With ``space=AffineBox(...)`` the rows are
+        ``(angle, tx, ty, scale, shear_x, shear_y)``, drawn as :meth:`advspatial.AffineBox.sample`
+        draws them (scale log-uniform).
 
     Args:
         model: the classifier to attack (held by reference, never modified).
         k: number of random candidates per image.
-        max_rotation: rotations are drawn from ``[-max_rotation, max_rotation]`` degrees.
-        max_translation: pixels, a scalar for both axes or an ``(x, y)`` pair.
+        max_rotation: rotations are drawn from ``[-max_rotation, max_rotation]`` degrees (default 30).
+        max_translation: pixels, a scalar for both axes or an ``(x, y)`` pair (default 3).
+        space: the parameter space instead of the two ranges, e.g.
+            ``advspatial.AffineBox(30, 3, scale=(0.8, 1.2), shear=10)``; then ``result.params`` is
+            ``(B, 6)``. Passing it together with ``max_rotation`` or ``max_translation`` is an error.
         include_identity: also score the untransformed image (``k + 1`` candidates), as the
             ImageNet code of the paper does.
         selection: ``"engstrom"`` (a misclassified candidate beats a correct one, then higher loss)
@@ -48,7 +54,8 @@ class WorstOfK(SpatialSearch):
             ``None`` uses torch's global generator.
         interpolation: ``"bilinear"`` or ``"nearest"`` (see :class:`advspatial.engine.ScoringConfig`).
         padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
-        chunk_size: (image, candidate) pairs per forward pass; ``None`` chooses from the image size.
+        chunk_size: (image, candidate) pairs per forward pass; ``None`` measures the fastest size on
+            the first chunks and keeps it (see :mod:`advspatial.engine.tuning`).
         autocast: dtype for ``torch.autocast`` during scoring (e.g. ``torch.bfloat16``), or ``None``.
         task: what candidates are scored against (:mod:`advspatial.tasks`); default
             :class:`~advspatial.tasks.Classification` (labels). With ``Segmentation()``, ``search``
@@ -66,6 +73,10 @@ class WorstOfK(SpatialSearch):
         (torch.Size([4, 3]), torch.bool, 40)
         >>> attack(images, labels).shape
         torch.Size([4, 1, 8, 8])
+        >>> from advspatial import AffineBox
+        >>> affine = WorstOfK(model, k=10, space=AffineBox(30, 3, scale=(0.8, 1.2), shear=10))
+        >>> affine.search(images, labels).params.shape
+        torch.Size([4, 6])
     """
 
     def __init__(
@@ -73,8 +84,9 @@ class WorstOfK(SpatialSearch):
         model: nn.Module,
         *,
         k: int = 10,
-        max_rotation: float = 30.0,
-        max_translation: float | Sequence[float] = 3.0,
+        max_rotation: float | None = None,
+        max_translation: float | Sequence[float] | None = None,
+        space: Space | None = None,
         include_identity: bool = False,
         selection: str = "engstrom",
         generator: torch.Generator | None = None,
@@ -88,6 +100,7 @@ class WorstOfK(SpatialSearch):
             model,
             max_rotation=max_rotation,
             max_translation=max_translation,
+            space=space,
             selection=selection,
             interpolation=interpolation,
             padding=padding,
@@ -102,11 +115,11 @@ class WorstOfK(SpatialSearch):
         self.generator = generator
 
     def sample(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-        """Draw the ``(batch, k [+ 1], 3)`` candidate set (identity first when included)."""
+        """Draw the ``(batch, k [+ 1], columns)`` candidate set (identity first when included)."""
         generator = optional_generator(generator) or self.generator
         draws = self.box.sample((batch, self.k), generator=generator, device=device)
         if self.include_identity:
-            draws = torch.cat([torch.zeros(batch, 1, 3, device=device), draws], dim=1)
+            draws = torch.cat([self.box.identity((batch, 1), device=device), draws], dim=1)
         return draws
 
     def search(
@@ -124,7 +137,8 @@ class WorstOfK(SpatialSearch):
             targets: the task's targets (``(B,)`` class indices for classification, ``(B, H, W)``
                 masks for segmentation, ...), or ``None`` to use the model's clean predictions.
             generator: overrides the transform's generator for this call.
-            candidates: ``(B, K, 3)`` rows ``(angle, tx, ty)`` to score instead of drawing them
+            candidates: ``(B, K, 3)`` rows ``(angle, tx, ty)`` (``(B, K, 6)`` for an affine space) to
+                score instead of drawing them
                 (e.g. rows of :meth:`sample` kept per dataset index, so that each sample meets the
                 same candidates whatever batch or process scores it); nothing is drawn and the
                 generator is not advanced. Mutually exclusive with ``generator``.
@@ -145,7 +159,8 @@ class WorstOfK(SpatialSearch):
         else:
             if generator is not None:
                 raise AdvSpatialError("pass either candidates or generator to search, not both")
-            candidates = check_candidates(candidates, images.shape[0]).to(images.device)
+            candidates = check_candidates(candidates, images.shape[0], columns=self.box.columns)
+            candidates = candidates.to(images.device)
         with images_fit_model(images):
             scores = score_candidates(self.model, images, targets, candidates, self.config, task=self.task)
         return self._result(scores, candidates, images, targets)

@@ -11,6 +11,7 @@ from torch import Tensor
 from advspatial.errors import AdvSpatialError, choice
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
 from advspatial.tasks.base import Task
+from advspatial.tasks.penalties import _wide
 
 __all__ = ["BoxRegression", "KeypointRegression"]
 
@@ -48,7 +49,7 @@ def _check_regression_outputs(outputs: object, shape: tuple[int | str, ...], wha
         raise AdvSpatialError(
             "model output contains NaN or infinite values; the search cannot rank candidates"
         )
-    return outputs.float()
+    return _wide(outputs)
 
 
 def _overlap(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
