@@ -6,9 +6,9 @@ worst-of-10 (``WorstOfK(model, k=10, task=Segmentation())``, cross-entropy again
 the chosen transforms) and worst-of-10 plus the equivariance regularizer
 (``InvarianceRegularizedLoss(model, attack, weight=1.0, task_on="both")``, KL between the warped clean
 logits and the logits of the transformed canvas). Each is scored with the sweeps and
-``task=Segmentation()``: the mean IoU of the natural canvases, of one random transform, of the worst of 10 and of the worst grid point (exhaustive
-grid, so the chosen transform is the worst, not merely a fooling one), and the robust fraction (pixel
-accuracy >= 0.9 under every candidate).
+``task=Segmentation()``: the mean IoU of the natural canvases, of one random transform, of the worst
+of 10 and of the worst grid point (exhaustive grid, so the chosen transform is the worst, not merely a
+fooling one), and the robust fraction (pixel accuracy >= 0.9 under every candidate).
 """
 
 from __future__ import annotations
