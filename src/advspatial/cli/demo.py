@@ -389,12 +389,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "32 x 32 canvases of two digits; mIoU and robust fraction)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="training epochs per model (default 8; 6 for segmentation)"
+        "--epochs", type=int, default=None, help="training epochs per model (default 8; 20 for segmentation)"
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke test: 4 epochs and 120 test images (segmentation: 2 epochs, 48 canvases)",
+        help="a smoke test: 4 epochs and 120 test images (segmentation: 4 epochs, 48 canvases)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, the models and the attacks (default 0)"

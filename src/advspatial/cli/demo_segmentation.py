@@ -83,7 +83,7 @@ class SegmentationRow:
 
 def run_segmentation_demo(
     *,
-    epochs: int = 6,
+    epochs: int = 20,
     seed: int = 0,
     test_images: int | None = None,
     grid: tuple[int, int] = (11, 3),
@@ -155,8 +155,8 @@ def format_segmentation_table(rows: list[SegmentationRow]) -> str:
 
 
 def run_from_args(args: Any) -> int:
-    """``advspatial demo --task segmentation`` (``--quick``: 2 epochs, 48 test canvases)."""
-    epochs, test_images = (2, 48) if args.quick else (6 if args.epochs is None else args.epochs, None)
+    """``advspatial demo --task segmentation`` (``--quick``: 4 epochs, 48 test canvases)."""
+    epochs, test_images = (4, 48) if args.quick else (20 if args.epochs is None else args.epochs, None)
     start = time.perf_counter()
     rows = run_segmentation_demo(
         epochs=epochs, seed=args.seed, test_images=test_images, progress=not args.no_progress
