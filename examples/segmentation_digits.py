@@ -36,57 +36,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from advspatial import (
-    InvarianceRegularizedLoss,
-    RotoTranslationBox,
-    WorstOfK,
-    roto_translate,
-    roto_translate_masks,
+from advspatial.cli.demo_segmentation import (
+    equivariance,
+    random_augmentation,
+    score_unet,
+    standard,
+    train_unet,
+    worst_of_10,
 )
 from advspatial.data import load_digits_segmentation
-from advspatial.evaluation import grid_accuracy, natural_accuracy, random_accuracy, worst_of_k_accuracy
-from advspatial.models import UNet
-from advspatial.tasks import Segmentation
-from advspatial.training import fit
 
-NUM_CLASSES = 11
-TASK = Segmentation(ignore_index=255, min_pixel_accuracy=0.9)
-BOX = RotoTranslationBox.of(30.0, 3.0)
 Loss = Callable[[Tensor, Tensor], Tensor]
-
-
-def standard(model: nn.Module, seed: int) -> Loss:
-    return lambda images, masks: TASK.loss(model(images), masks)
-
-
-def random_augmentation(model: nn.Module, seed: int) -> Loss:
-    generator = torch.Generator().manual_seed(seed + 1000)
-
-    def loss(images: Tensor, masks: Tensor) -> Tensor:
-        params = BOX.sample((images.shape[0],), generator=generator)
-        moved = roto_translate_masks(masks, params, fill=TASK.ignore_index)
-        return TASK.loss(model(roto_translate(images, params)), moved)
-
-    return loss
-
-
-def worst_of_10(model: nn.Module, seed: int) -> Loss:
-    attack = WorstOfK(model, k=10, task=TASK, generator=torch.Generator().manual_seed(seed + 1000))
-
-    def loss(images: Tensor, masks: Tensor) -> Tensor:
-        result = attack.search(images, masks)
-        return TASK.loss(model(attack.apply(images, result.params)), result.targets)
-
-    return loss
-
-
-def equivariance(weight: float | None = None, task_on: str = "nat") -> Callable[[nn.Module, int], Loss]:
-    def factory(model: nn.Module, seed: int) -> Loss:
-        attack = WorstOfK(model, k=10, task=TASK, generator=torch.Generator().manual_seed(seed + 1000))
-        return InvarianceRegularizedLoss(model, attack, task=TASK, weight=weight, task_on=task_on)
-
-    return factory
-
 
 RUNS: dict[str, Callable[[nn.Module, int], Loss]] = {
     "(a) standard": standard,
@@ -102,21 +62,13 @@ def evaluate(
 ) -> dict[str, tuple[float, float]]:
     """``{setting: (mIoU, robust fraction)}`` on the test set (the grid on its first ``grid_images``).
 
-    The library's sweeps with ``task=``: ``metrics["miou"]`` is the dataset-level mean IoU of every
-    image under its chosen (worst) transform, ``accuracy`` the robust fraction. The grid scores every
-    candidate (no early exit), so that its chosen transform is the worst one, not merely a fooling one.
+    The library's sweeps with ``task=`` (the demo's :func:`score_unet`, fixed draws): ``metrics["miou"]``
+    is the dataset-level mean IoU of every image under its chosen (worst) transform, ``accuracy`` the
+    robust fraction.
     """
-    grid_set = TensorDataset(*(tensor[:grid_images] for tensor in test.tensors))
-    sweeps = {
-        "natural": natural_accuracy(model, test, task=TASK),
-        "random": random_accuracy(model, test, generator=torch.Generator().manual_seed(54321), task=TASK),
-        "worst-of-10": worst_of_k_accuracy(
-            model, test, k=10, generator=torch.Generator().manual_seed(12345), task=TASK
-        ),
-        "grid": grid_accuracy(
-            model, grid_set, rotations=grid_shape[0], translations=grid_shape[1], early_exit=False, task=TASK
-        ),
-    }
+    sweeps = score_unet(
+        model, test, grid=grid_shape, random_seed=54321, worst_seed=12345, grid_images=grid_images
+    )
     return {name: (sweep.metrics["miou"], sweep.accuracy) for name, sweep in sweeps.items()}
 
 
@@ -144,19 +96,8 @@ def main() -> None:
     results: dict[str, list[dict[str, tuple[float, float]]]] = {name: [] for name in runs}
     for seed in seeds:
         for name, factory in runs.items():
-            torch.manual_seed(seed)
-            model = UNet(num_classes=NUM_CLASSES)
             start = time.perf_counter()
-            fit(
-                model,
-                train_set,
-                epochs=epochs,
-                batch_size=16,
-                lr=3e-3,
-                loss_fn=factory(model, seed),
-                seed=seed,
-            )
-            train_s = time.perf_counter() - start
+            model, train_s = train_unet(factory, train_set, epochs=epochs, seed=seed)
             scores = evaluate(model, test_set, grid_images=grid_images, grid_shape=grid_shape)
             results[name].append(scores)
             cells = " | ".join(f"{s} {100 * scores[s][0]:5.1f} / {100 * scores[s][1]:5.1f}" for s in settings)

@@ -120,3 +120,21 @@ def test_user_mistakes_exit_2_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (workspace / "report" / "report.json").exists()
+
+
+def test_segmentation_demo_runs_every_recipe() -> None:
+    from advspatial.cli.demo_segmentation import (
+        SEGMENTATION_RECIPES,
+        format_segmentation_table,
+        run_segmentation_demo,
+    )
+
+    lines: list[str] = []
+    rows = run_segmentation_demo(epochs=1, test_images=8, grid=(3, 1), progress=False, log=lines.append)
+    assert [row.name for row in rows] == list(SEGMENTATION_RECIPES)
+    assert len(lines) == 3 and all("mIoU natural" in line for line in lines)
+    for row in rows:
+        assert row.grid_evaluations == 8 * 3
+        for miou, robust in row.scores.values():
+            assert 0.0 <= miou <= 1.0 and 0.0 <= robust <= 1.0
+    assert format_segmentation_table(rows).count("\n") == 4
