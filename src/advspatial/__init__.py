@@ -5,9 +5,12 @@ model's device, and train or evaluate on them.
 
 Convention (everywhere): a transform is a row ``(angle, tx, ty)``: rotation about the image centre by
 ``angle`` degrees, counter-clockwise positive on screen, then a translation by ``tx`` pixels right and
-``ty`` pixels down; bilinear interpolation and zero fill by default.
+``ty`` pixels down; bilinear interpolation and zero fill by default. Affine rows add
+``(scale, shear_x, shear_y)`` (:class:`AffineBox`). What a candidate is scored against is a task
+(:mod:`advspatial.tasks`: classification by default, segmentation, boxes, keypoints).
 """
 
+from advspatial import tasks
 from advspatial.curriculum import CurriculumSchedule, CurriculumSpatial
 from advspatial.engine import ScoringConfig, score_candidates
 from advspatial.errors import AdvSpatialError
@@ -29,7 +32,7 @@ from advspatial.strategies import (
     WorstOfK,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdvSpatialError",
@@ -53,4 +56,5 @@ __all__ = [
     "roto_translate_masks",
     "roto_translate_points",
     "score_candidates",
+    "tasks",
 ]
