@@ -17,7 +17,7 @@ from advspatial.errors import (
     positive_int,
     symmetric_range,
 )
-from advspatial.space.box import RotoTranslationBox, check_rows, grid_axis
+from advspatial.space.box import RotoTranslationBox, check_rows, clip_rows, grid_axis, grid_rows, rows_within
 
 __all__ = ["MAX_SHEAR", "AffineBox", "Space", "check_space"]
 
@@ -183,20 +183,15 @@ class AffineBox:
             grid_axis(low, high, n, geometric=axis == 3)
             for axis, (low, high, n) in enumerate(zip(lows, highs, counts, strict=True))
         ]
-        mesh = torch.meshgrid(*axes, indexing="ij")
-        return torch.stack([m.reshape(-1) for m in mesh], dim=-1).to(device=device, dtype=dtype)
+        return grid_rows(axes).to(device=device, dtype=dtype)
 
     def project(self, params: Tensor) -> Tensor:
         """Clip ``(..., 6)`` rows into the box, axis by axis."""
-        check_rows(params, 6, "an AffineBox")
-        lows, highs = self._limits(params.device, params.dtype)
-        return torch.maximum(torch.minimum(params, highs), lows)
+        return clip_rows(check_rows(params, 6, "an AffineBox"), self.bounds)
 
     def contains(self, params: Tensor, atol: float = 1e-6) -> Tensor:
         """Whether each ``(..., 6)`` row lies in the box (with tolerance ``atol``)."""
-        check_rows(params, 6, "an AffineBox")
-        lows, highs = self._limits(params.device, params.dtype)
-        return ((params >= lows - atol) & (params <= highs + atol)).all(dim=-1)
+        return rows_within(check_rows(params, 6, "an AffineBox"), self.bounds, atol)
 
 
 Space = RotoTranslationBox | AffineBox

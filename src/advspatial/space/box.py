@@ -33,6 +33,27 @@ def check_rows(params: object, columns: int, space: str, name: str = "params") -
     return params
 
 
+Bounds = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def grid_rows(axes: Sequence[Tensor]) -> Tensor:
+    """Every combination of the per-axis values, the first axis slowest: ``(prod(len), len(axes))``."""
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
+
+
+def clip_rows(params: Tensor, bounds: Bounds) -> Tensor:
+    """``params`` clipped axis by axis into ``bounds = (lows, highs)``."""
+    lows, highs = (torch.tensor(b, device=params.device, dtype=params.dtype) for b in bounds)
+    return torch.maximum(torch.minimum(params, highs), lows)
+
+
+def rows_within(params: Tensor, bounds: Bounds, atol: float) -> Tensor:
+    """Whether each row lies within ``bounds = (lows, highs)``, with tolerance ``atol``."""
+    lows, highs = (torch.tensor(b, device=params.device, dtype=params.dtype) for b in bounds)
+    return ((params >= lows - atol) & (params <= highs + atol)).all(dim=-1)
+
+
 def grid_axis(low: float, high: float, count: int, *, geometric: bool = False) -> Tensor:
     """``count`` float64 points from ``low`` to ``high`` (the midpoint of the range when ``count == 1``).
 
@@ -166,17 +187,12 @@ class RotoTranslationBox:
                 f"translations must be an int or an (x, y) pair of ints, got {translations!r}"
             )
         axes = [grid_axis(-h, h, n) for h, n in zip(self.half_widths, (n_rot, n_x, n_y), strict=True)]
-        mesh = torch.meshgrid(*axes, indexing="ij")
-        return torch.stack([m.reshape(-1) for m in mesh], dim=-1).to(device=device, dtype=dtype)
+        return grid_rows(axes).to(device=device, dtype=dtype)
 
     def project(self, params: Tensor) -> Tensor:
         """Clip ``(..., 3)`` parameters into the box."""
-        check_rows(params, 3, "a RotoTranslationBox")
-        limits = self._limits(params.device, params.dtype)
-        return torch.maximum(torch.minimum(params, limits), -limits)
+        return clip_rows(check_rows(params, 3, "a RotoTranslationBox"), self.bounds)
 
     def contains(self, params: Tensor, atol: float = 1e-6) -> Tensor:
         """Whether each ``(..., 3)`` row lies in the box (with tolerance ``atol``)."""
-        check_rows(params, 3, "a RotoTranslationBox")
-        limits = self._limits(params.device, params.dtype)
-        return (params.abs() <= limits + atol).all(dim=-1)
+        return rows_within(check_rows(params, 3, "a RotoTranslationBox"), self.bounds, atol)
