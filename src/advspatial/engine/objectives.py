@@ -39,12 +39,6 @@ class Targets:
             return self.task.objective(outputs, self.task.move_targets(values, params, size))
         return self.task.reference_objective(outputs, self.task.move_reference(values, params, size))
 
-    def chosen(self, params: Tensor, size: tuple[int, int]) -> Tensor | None:
-        """The targets moved by one chosen row per image (``None`` when label-free)."""
-        if not self.labelled:
-            return None
-        return self.task.move_targets(self.values, params, size)
-
 
 def select_worst(losses: Tensor, correct: Tensor, selection: str) -> Tensor:
     """Index of the worst candidate per image.
