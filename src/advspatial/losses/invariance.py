@@ -208,10 +208,11 @@ class InvarianceRegularizedLoss(nn.Module):
         if images.shape[0] == 0:
             raise AdvSpatialError("images must hold at least one image to compute a mean loss, got 0")
         batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
-        targets = self.task.check_targets(targets, images)
+        given = self.task.check_targets(targets, images)
+        targets = self.task.scoring_targets(given)  # int64 masks, float32 boxes: as the search scores
         search: Any = None
         if params is None:
-            search = self._search(images.detach(), targets)
+            search = self._search(images.detach(), given)
             params = check_params(search.params, batch, name="attack's chosen params")
         else:
             params = check_params(params, batch)

@@ -37,7 +37,21 @@ class Task(ABC):
 
     @abstractmethod
     def check_targets(self, targets: object, images: Tensor, name: str = "targets") -> Tensor:
-        """Validate the targets of a batch of ``images``; return them on the images' device."""
+        """Validate the targets of a batch of ``images``; return them on the images' device.
+
+        The dtype returned is the one ``result.targets`` comes back in (the built-in dense tasks keep
+        the caller's: ``uint8`` masks stay ``uint8``, ``float64`` boxes stay ``float64``); the engine
+        scores :meth:`scoring_targets` of them.
+        """
+
+    def scoring_targets(self, targets: Tensor) -> Tensor:
+        """Checked targets in the form the objective computes with (default: unchanged).
+
+        :class:`~advspatial.tasks.Segmentation` scores ``int64`` masks,
+        :class:`~advspatial.tasks.BoxRegression` and :class:`~advspatial.tasks.KeypointRegression`
+        ``float32`` coordinates, whatever dtype the caller's targets have.
+        """
+        return targets
 
     @abstractmethod
     def check_outputs(self, outputs: object, rows: int, size: tuple[int, int]) -> Tensor:
