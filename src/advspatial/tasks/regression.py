@@ -10,7 +10,7 @@ from torch import Tensor
 
 from advspatial.errors import AdvSpatialError, choice
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
-from advspatial.tasks.base import Task
+from advspatial.tasks.base import RegularizationDefaults, Task
 from advspatial.tasks.penalties import _wide
 
 __all__ = ["BoxRegression", "KeypointRegression"]
@@ -49,6 +49,11 @@ class _CoordinateTask(Task):
     def scoring_targets(self, targets: Tensor) -> Tensor:
         """The coordinates as ``float32``."""
         return targets.to(torch.float32)
+
+    def regularization_defaults(self, regularizer: str | None = None) -> RegularizationDefaults:
+        """Equivariance defaults: ``"l2"`` (the only penalty coordinates have), weight 1, the task
+        loss on both views (``"both"``)."""
+        return RegularizationDefaults("l2" if regularizer is None else regularizer, 1.0, "both")
 
 
 def _check_regression_outputs(outputs: object, shape: tuple[int | str, ...], what: str) -> Tensor:
