@@ -86,8 +86,9 @@ class SpatialSearchBatch:
         ``(transformed images, labels, *rest)`` with images and labels on the model's device and
         ``rest`` untouched. The search's result is kept in :attr:`last_result` (chosen params, scores).
         With a dense task the second item is the task's targets (masks ``(B, H, W)``, boxes
-        ``(B, 4)``, points ``(B, P, 2)``) and comes back moved: ``last_result.targets`` (masks as
-        ``int64`` filled with ``ignore_index`` out of frame, dropped boxes and out-of-frame points ``nan``).
+        ``(B, 4)``, points ``(B, P, 2)``) and comes back moved: ``last_result.targets`` (masks in
+        their own dtype filled with ``ignore_index`` out of frame, dropped boxes and out-of-frame
+        points ``nan``).
 
     Example:
         >>> from advspatial import WorstOfK

@@ -111,7 +111,7 @@ class _Scorer:
     def prepare(self, targets: Tensor | None) -> Targets:
         """The search's targets; without them, the task's reference from a chunked clean pass."""
         if targets is not None:
-            self.targets = Targets(self.task, targets, labelled=True)
+            self.targets = Targets(self.task, self.task.scoring_targets(targets), labelled=True)
             return self.targets
         references = self.outputs(self.task.reference)
         self.evaluations += self.images.shape[0]

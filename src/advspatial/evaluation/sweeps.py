@@ -51,7 +51,8 @@ class SweepResult:
         correct: ``(N,)`` bool per sample, in dataset order: right under the attack as the task
             judges it (the class; for segmentation a pixel accuracy of at least
             ``min_pixel_accuracy`` under every candidate: the robust fraction).
-        targets: the targets as walked: ``(N,)`` labels, ``(N, H, W)`` masks, ...
+        targets: the targets as walked, in the data's dtype (``uint8`` masks stay ``uint8``):
+            ``(N,)`` labels, ``(N, H, W)`` masks, ...
         params: ``(N, 3)`` transform chosen per sample, rows ``(angle_degrees, tx_px, ty_px)``
             (zeros for the natural accuracy), or ``(N, 6)`` affine rows for an affine space.
         loss: ``(N,)`` objective of the chosen transform (cross-entropy for classification).
@@ -134,10 +135,11 @@ def _sweep_result(name: str, walked: Walk, task: Task) -> SweepResult:
 def _natural_step(model: nn.Module, task: Task) -> Step:
     def step(images: Tensor, targets: Tensor, index: Tensor) -> BatchRows:
         outputs = model_outputs(model, images, task)
-        loss, correct = task.objective(outputs, targets)
+        scored = task.scoring_targets(targets)
+        loss, correct = task.objective(outputs, scored)
         count = int(targets.shape[0])
         rows = {"correct": correct, "params": torch.zeros(count, 3), "loss": loss.float()}
-        statistics = task.statistics(outputs, targets)
+        statistics = task.statistics(outputs, scored)
         if statistics is not None:
             rows["statistics"] = statistics
         return BatchRows(rows, {"evaluations": count, "exhaustive_evaluations": count})
@@ -156,9 +158,12 @@ def _search_step(search: SpatialSearch, draws: KeyedDraws | None) -> Step:
         counts = {"evaluations": result.evaluations, "exhaustive_evaluations": result.exhaustive_evaluations}
         if result.targets is not None and _has_statistics(search.task):
             # One more forward pass per image (not counted as a search evaluation): the outputs
-            # under the chosen transform, scored against the targets moved with it.
-            outputs = model_outputs(search.model, search.apply(images, result.params), search.task)
-            statistics = search.task.statistics(outputs, result.targets)
+            # under the chosen transform, scored against the targets moved with it (in the form the
+            # search scored them: result.targets keep the data's dtype).
+            task, size = search.task, (images.shape[-2], images.shape[-1])
+            outputs = model_outputs(search.model, search.apply(images, result.params), task)
+            moved = task.move_targets(task.scoring_targets(targets), result.params.to(images.device), size)
+            statistics = task.statistics(outputs, moved)
             if statistics is not None:
                 rows["statistics"] = statistics
         return BatchRows(rows, counts)

@@ -25,7 +25,7 @@ from advspatial.strategies.grid import GridSearch
 from advspatial.strategies.result import SearchResult
 from advspatial.strategies.worst_of_k import WorstOfK
 from advspatial.tasks import Classification, Task, check_task
-from advspatial.tasks.penalties import PAPER_WEIGHTS, REGULARIZERS, _wide
+from advspatial.tasks.penalties import REGULARIZERS, _wide
 
 __all__ = ["InvarianceLossComponents", "InvarianceRegularizedLoss"]
 
@@ -90,6 +90,15 @@ class InvarianceRegularizedLoss(nn.Module):
     through both sides. The task loss is taken on the natural images (``"nat"``, the paper's "nat"),
     the transformed ones (``"adv"``, the paper's "rob") or the mean of both (``"both"``, "mix").
 
+    Defaults depend on the task (:meth:`advspatial.tasks.Task.regularization_defaults`); an
+    argument given explicitly always wins:
+
+    | task | ``regularizer`` | ``weight`` | ``task_on`` |
+    |---|---|---|---|
+    | classification (the paper's) | ``"kl"`` | 8 (``"l2"``: 1) | ``"nat"`` |
+    | segmentation | ``"kl"`` | 1 | ``"both"`` |
+    | boxes, keypoints | ``"l2"`` | 1 | ``"both"`` |
+
     Convention:
         Transforms are rows ``(angle, tx, ty)``: degrees counter-clockwise, then pixels right and
         down; bilinear, zero fill (see :func:`advspatial.roto_translate`).
@@ -101,9 +110,12 @@ class InvarianceRegularizedLoss(nn.Module):
             :class:`advspatial.GridSearchRotoTranslation`), :class:`advspatial.SpatialPGD` or any
             object with ``search(images, labels)`` returning ``.params`` ``(B, 3)`` (``(B, 6)`` over
             an affine space). ``x'`` is built with ``attack.apply`` when it has one.
-        regularizer: ``"kl"`` or ``"l2"``.
-        weight: ``lambda >= 0``; ``None`` takes the paper's value (8 for ``"kl"``, 1 for ``"l2"``).
-        task_on: ``"nat"``, ``"adv"`` or ``"both"``.
+        regularizer: ``"kl"`` or ``"l2"``; ``None`` takes the task's default (``"kl"``; ``"l2"``,
+            the only one they have, for boxes and keypoints).
+        weight: ``lambda >= 0``; ``None`` takes the task's default: the paper's value for
+            classification (8 for ``"kl"``, 1 for ``"l2"``), 1 for the dense tasks.
+        task_on: ``"nat"``, ``"adv"`` or ``"both"``; ``None`` takes the task's default: ``"nat"``
+            for classification, ``"both"`` for the dense tasks.
         attack_objective: ``"task"`` or ``"regularizer"``. Ranking by the regularizer needs a
             candidate set (WorstOfK, grid) for ``"l2"``; for ``"kl"`` any attack works (it is then
             searched without labels, i.e. against ``KL(p_clean || p')``, which is the regularizer).
@@ -127,10 +139,12 @@ class InvarianceRegularizedLoss(nn.Module):
         >>> from advspatial import WorstOfK
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
         >>> attack = WorstOfK(model, k=10, generator=torch.Generator().manual_seed(0))
-        >>> loss_fn = InvarianceRegularizedLoss(model, attack, regularizer="kl")
+        >>> loss_fn = InvarianceRegularizedLoss(model, attack)
         >>> loss = loss_fn(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
-        >>> loss.shape, loss_fn.weight, sorted(loss_fn.last.as_dict())
-        (torch.Size([]), 8.0, ['attack_success_rate', 'loss', 'regularizer', 'task'])
+        >>> loss.shape, loss_fn.regularizer, loss_fn.weight, loss_fn.task_on
+        (torch.Size([]), 'kl', 8.0, 'nat')
+        >>> sorted(loss_fn.last.as_dict())
+        ['attack_success_rate', 'loss', 'regularizer', 'task']
         >>> loss.backward()
     """
 
@@ -139,9 +153,9 @@ class InvarianceRegularizedLoss(nn.Module):
         model: nn.Module,
         attack: _Attack,
         *,
-        regularizer: str = "kl",
+        regularizer: str | None = None,
         weight: float | None = None,
-        task_on: str = "nat",
+        task_on: str | None = None,
         attack_objective: str = "task",
         task_loss: TaskLoss | None = None,
         task: Task | None = None,
@@ -161,15 +175,18 @@ class InvarianceRegularizedLoss(nn.Module):
             )
         self.attack = attack
         self.task = _task_of(attack, task)
-        self.regularizer = choice(regularizer, "regularizer", tuple(REGULARIZERS))
+        if regularizer is not None:
+            regularizer = choice(regularizer, "regularizer", tuple(REGULARIZERS))
+        defaults = self.task.regularization_defaults(regularizer)
+        self.regularizer = choice(defaults.regularizer, "regularizer", tuple(REGULARIZERS))
         if weight is None:
-            weight = PAPER_WEIGHTS[self.regularizer]
+            weight = defaults.weight
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
             raise AdvSpatialError(f"weight must be a finite number >= 0 or None, got {weight!r}")
         if weight < 0:
             raise AdvSpatialError(f"weight must be >= 0, got {weight!r}")
         self.weight = float(weight)
-        self.task_on = choice(task_on, "task_on", TASK_ON)
+        self.task_on = choice(defaults.task_on if task_on is None else task_on, "task_on", TASK_ON)
         self.attack_objective = choice(attack_objective, "attack_objective", ATTACK_OBJECTIVES)
         if (
             self.attack_objective == "regularizer"
@@ -208,10 +225,11 @@ class InvarianceRegularizedLoss(nn.Module):
         if images.shape[0] == 0:
             raise AdvSpatialError("images must hold at least one image to compute a mean loss, got 0")
         batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
-        targets = self.task.check_targets(targets, images)
+        given = self.task.check_targets(targets, images)
+        targets = self.task.scoring_targets(given)  # int64 masks, float32 boxes: as the search scores
         search: Any = None
         if params is None:
-            search = self._search(images.detach(), targets)
+            search = self._search(images.detach(), given)
             params = check_params(search.params, batch, name="attack's chosen params")
         else:
             params = check_params(params, batch)

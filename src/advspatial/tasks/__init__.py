@@ -6,7 +6,7 @@ for the model) and whether the model is still right. Every search, the loss wrap
 and the adapters take ``task=`` (default :class:`Classification`).
 """
 
-from advspatial.tasks.base import Task, check_task
+from advspatial.tasks.base import RegularizationDefaults, Task, check_task
 from advspatial.tasks.classification import Classification
 from advspatial.tasks.regression import BoxRegression, KeypointRegression, box_iou
 from advspatial.tasks.segmentation import Segmentation
@@ -15,6 +15,7 @@ __all__ = [
     "BoxRegression",
     "Classification",
     "KeypointRegression",
+    "RegularizationDefaults",
     "Segmentation",
     "Task",
     "box_iou",

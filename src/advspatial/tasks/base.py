@@ -9,13 +9,30 @@ adapters are the same code for every task.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from advspatial.errors import AdvSpatialError
+from advspatial.errors import AdvSpatialError, choice
+from advspatial.tasks.penalties import PAPER_WEIGHTS, REGULARIZERS
 
-__all__ = ["Task", "check_task"]
+__all__ = ["RegularizationDefaults", "Task", "check_task"]
+
+
+@dataclass(frozen=True)
+class RegularizationDefaults:
+    """What :class:`advspatial.InvarianceRegularizedLoss` uses for a task where an argument is ``None``.
+
+    Attributes:
+        regularizer: ``"kl"`` or ``"l2"``.
+        weight: ``lambda`` for that regularizer.
+        task_on: ``"nat"``, ``"adv"`` or ``"both"``: the images the task loss is taken on.
+    """
+
+    regularizer: str
+    weight: float
+    task_on: str
 
 
 class Task(ABC):
@@ -37,7 +54,21 @@ class Task(ABC):
 
     @abstractmethod
     def check_targets(self, targets: object, images: Tensor, name: str = "targets") -> Tensor:
-        """Validate the targets of a batch of ``images``; return them on the images' device."""
+        """Validate the targets of a batch of ``images``; return them on the images' device.
+
+        The dtype returned is the one ``result.targets`` comes back in (the built-in dense tasks keep
+        the caller's: ``uint8`` masks stay ``uint8``, ``float64`` boxes stay ``float64``); the engine
+        scores :meth:`scoring_targets` of them.
+        """
+
+    def scoring_targets(self, targets: Tensor) -> Tensor:
+        """Checked targets in the form the objective computes with (default: unchanged).
+
+        :class:`~advspatial.tasks.Segmentation` scores ``int64`` masks,
+        :class:`~advspatial.tasks.BoxRegression` and :class:`~advspatial.tasks.KeypointRegression`
+        ``float32`` coordinates, whatever dtype the caller's targets have.
+        """
+        return targets
 
     @abstractmethod
     def check_outputs(self, outputs: object, rows: int, size: tuple[int, int]) -> Tensor:
@@ -82,6 +113,27 @@ class Task(ABC):
         ``regularizer`` is ``"kl"`` or ``"l2"``. Tasks that cannot compare outputs raise.
         """
         raise AdvSpatialError(f"the {self.name} task has no {regularizer!r} regularizer")
+
+    def regularization_defaults(self, regularizer: str | None = None) -> RegularizationDefaults:
+        """The invariance loss's defaults for this task, for ``regularizer`` (``None``: the task's own).
+
+        The default (classification, and a task of your own unless it overrides this) is Yang et al.
+        2019's: ``"kl"`` with weight 8 (``"l2"``: weight 1), the task loss on the natural images.
+        The dense built-ins use weight 1 with the task loss on both views.
+
+        Example:
+            >>> from advspatial.tasks import BoxRegression, Classification, Segmentation
+            >>> Classification().regularization_defaults()
+            RegularizationDefaults(regularizer='kl', weight=8.0, task_on='nat')
+            >>> Classification().regularization_defaults("l2").weight
+            1.0
+            >>> Segmentation().regularization_defaults()
+            RegularizationDefaults(regularizer='kl', weight=1.0, task_on='both')
+            >>> BoxRegression().regularization_defaults().regularizer
+            'l2'
+        """
+        chosen = choice("kl" if regularizer is None else regularizer, "regularizer", tuple(REGULARIZERS))
+        return RegularizationDefaults(chosen, PAPER_WEIGHTS[chosen], "nat")
 
     def statistics(self, outputs: Tensor, targets: Tensor) -> Tensor | None:
         """Per-sample rows ``(N, S)`` that :meth:`summarize` turns into dataset-level metrics.

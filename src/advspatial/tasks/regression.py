@@ -10,7 +10,7 @@ from torch import Tensor
 
 from advspatial.errors import AdvSpatialError, choice
 from advspatial.geometry.points import roto_translate_boxes, roto_translate_points
-from advspatial.tasks.base import Task
+from advspatial.tasks.base import RegularizationDefaults, Task
 from advspatial.tasks.penalties import _wide
 
 __all__ = ["BoxRegression", "KeypointRegression"]
@@ -37,7 +37,23 @@ def _float_targets(targets: object, shape: tuple[int, ...], name: str, what: str
         )
     if targets.dtype.is_complex or targets.dtype == torch.bool:
         raise AdvSpatialError(f"{name} must hold pixel coordinates, got dtype {targets.dtype}")
-    return targets.to(device=images.device, dtype=torch.float32)
+    # Floating targets keep their dtype (as torchvision's affine keeps a box's); integer ones become
+    # float32, which can hold the nan of a dropped box or an invisible point.
+    dtype = targets.dtype if targets.dtype.is_floating_point else torch.float32
+    return targets.to(device=images.device, dtype=dtype)
+
+
+class _CoordinateTask(Task):
+    """Boxes and points: scored as float32 coordinates, whatever floating dtype the caller's have."""
+
+    def scoring_targets(self, targets: Tensor) -> Tensor:
+        """The coordinates as ``float32``."""
+        return targets.to(torch.float32)
+
+    def regularization_defaults(self, regularizer: str | None = None) -> RegularizationDefaults:
+        """Equivariance defaults: ``"l2"`` (the only penalty coordinates have), weight 1, the task
+        loss on both views (``"both"``)."""
+        return RegularizationDefaults("l2" if regularizer is None else regularizer, 1.0, "both")
 
 
 def _check_regression_outputs(outputs: object, shape: tuple[int | str, ...], what: str) -> Tensor:
@@ -77,7 +93,7 @@ def _generalized_iou(first: Tensor, second: Tensor) -> Tensor:
     return intersection / union.clamp(min=1e-12) - (hull - union) / hull.clamp(min=1e-12)
 
 
-class BoxRegression(Task):
+class BoxRegression(_CoordinateTask):
     """One box per image: model output ``(N, 4)`` XYXY pixels, targets ``(B, 4)`` XYXY pixels.
 
     Each candidate moves the target box to the box enclosing its moved corners, clipped to the image
@@ -85,7 +101,9 @@ class BoxRegression(Task):
     its moved row is ``nan`` and the pair counts as correct with loss 0. The objective is the
     smooth-L1 distance (mean over the four coordinates, ``beta = 1`` px) or ``1 - GIoU``; a pair is
     correct when the IoU with the moved box is at least ``min_iou``. Label-free: the clean predicted
-    box, moved the same way, is the target.
+    box, moved the same way, is the target. Floating boxes keep their dtype in ``result.targets``
+    (``float64`` in, moved in ``float64``, ``float64`` out, as torchvision's ``affine`` does; integer
+    boxes come back ``float32``); candidates are scored against ``float32`` boxes.
 
     Args:
         min_iou: IoU in ``[0, 1]`` at or above which a pair counts as correct.
@@ -183,7 +201,7 @@ class BoxRegression(Task):
         return f"BoxRegression(min_iou={self.min_iou}, loss={self.box_loss!r})"
 
 
-class KeypointRegression(Task):
+class KeypointRegression(_CoordinateTask):
     """``P`` keypoints per image: model output ``(N, P, 2)`` and targets ``(B, P, 2)`` as ``(x, y)`` pixels.
 
     Points move exactly with each candidate (:func:`advspatial.roto_translate_points`); a point that
@@ -191,6 +209,8 @@ class KeypointRegression(Task):
     The objective is the mean Euclidean distance over visible points; a pair is correct when every
     visible point is within ``max_distance`` pixels. A pair with no visible point has loss 0 and
     counts as correct. Label-free: the clean predicted points, moved the same way, are the target.
+    Floating points keep their dtype in ``result.targets`` (integer ones come back ``float32``);
+    candidates are scored against ``float32`` points.
 
     Args:
         max_distance: pixels.
