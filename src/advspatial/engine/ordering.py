@@ -174,11 +174,11 @@ def score_until_fooled(
     tried_near = torch.zeros_like(fooled_near)
     survived_near = torch.zeros(batch, count, device=device) if kernel is not None else None
     admitted = min(batch, _FIRST_COHORT)
+    tried, unfooled = scored.sum(dim=1), correct.all(dim=1)
     if budget is not None:
         budget.start()
     while True:
-        tried = scored.sum(dim=1)
-        alive = correct.all(dim=1) & (tried < count)
+        alive = unfooled & (tried < count)
         alive[admitted:] = False
         live = alive.nonzero().squeeze(1)
         if live.numel() == 0:
@@ -211,17 +211,20 @@ def score_until_fooled(
         losses[rows, cols] = loss
         correct[rows, cols] = ok
         scored[rows, cols] = True
-        near_miss = _NEAR_MISS_WEIGHT * (1 - torch.exp(-loss.float().clamp(min=0)))
-        fooled = torch.where(ok, near_miss.nan_to_num(0.0), torch.ones_like(near_miss))
-        _spread_to_groups(
-            (fooled_near, tried_near), (fooled, torch.ones_like(fooled)), groups[rows], cols, kernel
-        )
-        if survived_near is not None and kernel is not None:
-            _spread_to_images(survived_near, rows[ok], cols[ok], kernel)
+        tried, unfooled = scored.sum(dim=1), correct.all(dim=1)
+        pending = unfooled & (tried < count)  # images that may be scored again, admitted or not
+        if bool(pending.any()):  # evidence is only worth spreading while someone can use it
+            near_miss = _NEAR_MISS_WEIGHT * (1 - torch.exp(-loss.float().clamp(min=0)))
+            fooled = torch.where(ok, near_miss.nan_to_num(0.0), torch.ones_like(near_miss))
+            _spread_to_groups(
+                (fooled_near, tried_near), (fooled, torch.ones_like(fooled)), groups[rows], cols, kernel
+            )
+            if survived_near is not None and kernel is not None:
+                useful = ok & pending[rows]
+                _spread_to_images(survived_near, rows[useful], cols[useful], kernel)
         admitted = min(batch, math.ceil(admitted * _COHORT_GROWTH))
         if budget is not None:
-            untouched = count - scored.sum(dim=1)
-            budget.round_done(int(rows.shape[0]), int(untouched[~correct.all(dim=1)].sum()))
+            budget.round_done(int(rows.shape[0]), int((count - tried)[~unfooled].sum()))
 
 
 def _score_the_rest(scorer: PairScorer, losses: Tensor, correct: Tensor, scored: Tensor) -> None:
