@@ -286,8 +286,8 @@ def _silent(line: str) -> None:
 
 def _evaluation_units(images: int, grid_evaluations: float, plots: bool) -> float:
     """Forward evaluations of one recipe's evaluation: natural, random, worst-of-10, the grid's, and
-    with plots the rotation profile (31 angles) and the landscapes (3 images x 31 x 13)."""
-    return images * 12 + grid_evaluations + (images * 31 + 3 * 31 * 13 if plots else 0)
+    with plots the rotation profile (31 angles and the clean pass) and the landscapes (3 images x 31 x 13)."""
+    return images * 12 + grid_evaluations + (images * 32 + 3 * 31 * 13 if plots else 0)
 
 
 def _epoch_done(

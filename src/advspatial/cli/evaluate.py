@@ -642,7 +642,7 @@ def _with_estimates(loader: DataLoader[Any], args: argparse.Namespace, images: i
         (f"worst-of-{args.k}", args.k, args.k),
         (grid_name, 1, grid),
         (f"first-order ({args.pgd_steps} steps)", pgd, pgd),
-        ("rotation profile", 63, 63),  # 31 angles scored with and without labels, + clean
+        ("rotation profile", 32, 32),  # 31 angles, each scored once, + the clean pass
     ][: 6 if args.task == "classification" else 5]  # no rotation profile for segmentation
     stages = [(name, float(images * least), float(images * most)) for name, least, most in per_image]
     work = RemainingWork(stages)
