@@ -228,6 +228,17 @@ def test_rotation_profile_scores_each_angle_once_with_the_numbers_of_two_scoring
         assert bool(flags.any()) and not bool(flags.all())
 
 
+def test_rotation_profile_follows_the_dtype_rule(data) -> None:
+    """A float64 model scores float32 images in its own dtype, as the searches do (no dtype crash)."""
+    _, loader = data
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10)).double()
+    profile = rotation_profile(model, loader, angles=5)
+    reference = rotation_profile(model, [(images.double(), labels) for images, labels in loader], angles=5)
+    assert torch.equal(profile.correct, reference.correct)
+    assert torch.equal(profile.consistent, reference.consistent)
+
+
 def test_loss_landscape_matches_brute_force(model) -> None:
     generator = torch.Generator().manual_seed(5)
     images, labels = torch.rand(2, 1, 12, 12, generator=generator), torch.tensor([3, 7])
