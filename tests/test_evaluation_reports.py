@@ -226,6 +226,10 @@ def test_rotation_profile_scores_each_angle_once_with_the_numbers_of_two_scoring
     assert torch.equal(profile.consistent, torch.cat(consistent))
     for flags in (profile.correct, profile.consistent):  # both flags vary: the comparison means something
         assert bool(flags.any()) and not bool(flags.all())
+    # An empty batch among the batches adds no row and costs nothing.
+    nothing = (torch.zeros(0, 1, 12, 12), torch.zeros(0, dtype=torch.long))
+    padded = rotation_profile(model, [nothing, *loader], max_rotation=180, angles=31)
+    assert torch.equal(padded.correct, profile.correct) and padded.evaluations == profile.evaluations
 
 
 def test_rotation_profile_follows_the_dtype_rule(data) -> None:
