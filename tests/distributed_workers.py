@@ -162,6 +162,54 @@ def _fit_worst_of_k_with_loss(setup: dict[str, Any], out: dict[str, Any]) -> Non
         out["fit_unwrapped_loss"] = str(error)
 
 
+def _fit_callbacks_and_bars(setup: dict[str, Any], rank: int, out: dict[str, Any]) -> None:
+    """fit_distributed's epoch callback and bar label, directly and through the demo's ``_fit``."""
+    import tqdm.auto
+
+    from advspatial.cli.demo import TrainingRun, _fit
+
+    bars: list[str] = []
+    original = tqdm.auto.tqdm
+
+    def recorded(iterable: Any, **options: Any) -> Any:  # the label of each bar opened, no drawing
+        bars.append(options["desc"])
+        return iterable
+
+    data = TensorDataset(setup["train_images"][:32], setup["train_labels"][:32])
+    seen: list[tuple[int, float]] = []
+
+    def stop_on_rank_1(epoch: int, loss: float) -> bool | None:
+        seen.append((epoch, loss))
+        return True if rank == 1 and epoch == 1 else None
+
+    demo_seen: list[tuple[int, float]] = []
+    tqdm.auto.tqdm = recorded
+    try:
+        torch.manual_seed(0)
+        history = fit_distributed(
+            SmallCNN(),
+            data,
+            epochs=4,
+            batch_size=8,
+            on_epoch_end=stop_on_rank_1,
+            progress=True,
+            desc="train shard",
+        )
+        torch.manual_seed(0)
+        run = TrainingRun(
+            1,
+            0,
+            True,
+            desc="train worst-of-10",
+            on_epoch_end=lambda epoch, loss: demo_seen.append((epoch, loss)),
+        )
+        _fit(SmallCNN(), data, run)
+    finally:
+        tqdm.auto.tqdm = original
+    out["callback_history"], out["callback_seen"], out["callback_demo_seen"] = history, seen, demo_seen
+    out["callback_bars"] = bars
+
+
 def rotation_model() -> nn.Module:
     """A fixed random linear classifier: its predictions change with the rotation (unlike a weak CNN's)."""
     torch.manual_seed(1)
@@ -255,6 +303,7 @@ def worker(rank: int, folder: str, port: int) -> None:
     _no_hooks_or_broadcasts(setup, out)
     _sync_batchnorm(setup, out)
     _fit_worst_of_k_with_loss(setup, out)
+    _fit_callbacks_and_bars(setup, rank, out)
     _evaluation(setup, rank, out)
     _curriculum(root, rank, out)
     torch.save(out, root / f"rank{rank}.pt")

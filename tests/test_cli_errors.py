@@ -68,6 +68,15 @@ def raises():
 
 def not_a_model():
     return {"weights": 1}
+
+
+FORWARDS = []
+
+
+def make_counted():
+    model = make()
+    model.register_forward_pre_hook(lambda module, inputs: FORWARDS.append(inputs[0].shape[0]))
+    return model
 """
 
 MODULES = ("user_models", "broken_syntax", "broken_import", "needs_dependency")
@@ -281,6 +290,37 @@ def test_a_user_mistake_exits_2_with_one_line(
 
 def test_the_table_lists_every_mistake_of_the_issue() -> None:
     assert len(CASES) == 38
+
+
+def _truncate(path: Path) -> None:
+    """Keep the first half of the file's bytes: the header still reads, the pixel data is cut."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_truncated_image_is_refused_before_the_model_runs(
+    workspace: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    _images(workspace / "cut", size=64)  # 64 x 64: the first half of the JPEG holds its whole header
+    pixels = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    path = workspace / "cut" / "square" / f"z{suffix}"  # the last image: the sweep would reach it last
+    Image.fromarray(pixels).save(path)
+    _truncate(path)
+    with Image.open(path) as image:
+        assert image.size == (64, 64)  # only decoding the data finds the cut
+    args = _replace(_replace(BASE, "--image-folder", "cut"), "--model", "user_models:make_counted")
+    code = _run(["evaluate", *args])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert f"cannot read image cut/square/z{suffix}: OSError: image file is truncated" in lines[0], lines[0]
+    forwards = sys.modules["user_models"].FORWARDS
+    assert forwards == []  # refused before any forward pass of the model
+    sys.modules["user_models"].make_counted()(torch.zeros(1, 3, 8, 8))
+    assert forwards == [1]  # the counter counts
+    assert not (workspace / "advspatial-report").exists()
 
 
 def test_the_working_folder_is_searched_last_and_only_for_the_factory(workspace: Path) -> None:

@@ -33,6 +33,15 @@ def small_unet():
 
 def classifier():
     return nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 11))
+
+
+FORWARDS = []
+
+
+def counted_unet():
+    model = unet()
+    model.register_forward_pre_hook(lambda module, inputs: FORWARDS.append(inputs[0].shape[0]))
+    return model
 """
 
 
@@ -120,6 +129,55 @@ def test_user_mistakes_exit_2_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (workspace / "report" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "name"),
+    [("image", "images/d4.png"), ("JPEG image", "images/d4.jpg"), ("mask", "masks/d4.png")],
+)
+def test_a_truncated_file_is_refused_before_the_model_runs(
+    case: str, name: str, workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = workspace / name
+    if case == "JPEG image":  # noise at quality 95: the first half of the file holds its whole header
+        (workspace / "images" / "d4.png").unlink()
+        noise = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+        Image.fromarray(noise, mode="L").save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with Image.open(path) as opened:
+        assert opened.size == (32, 32)  # the header still reads: only decoding finds the cut
+    args = [*BASE, "--output", "report"]
+    args[args.index("seg_models:unet")] = "seg_models:counted_unet"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    flag = "--mask-folder" if case == "mask" else "--image-folder"
+    assert len(err) == 1 and f"{flag}: cannot read {name}: image file is truncated" in err[0], err
+    forwards = sys.modules["seg_models"].FORWARDS
+    assert forwards == []  # refused before any forward pass of the model
+    sys.modules["seg_models"].counted_unet()(torch.zeros(1, 1, 32, 32))
+    assert forwards == [1]  # the counter counts
+    assert not (workspace / "report").exists()
+
+
+def test_limit_keeps_evenly_spaced_pairs_and_decodes_only_those(workspace: Path) -> None:
+    from advspatial.cli.evaluate import _IMAGE_SUFFIXES, _transform
+    from advspatial.cli.segmentation_folder import SegmentationFolder
+    from advspatial.errors import AdvSpatialError
+
+    def folder(limit: int | None) -> SegmentationFolder:
+        return SegmentationFolder(
+            Path("images"), Path("masks"), _transform(None, True), None, _IMAGE_SUFFIXES, limit=limit
+        )
+
+    for name in ("d5", "d3"):  # masks of pairs that --limit 3 leaves out
+        data = (workspace / "masks" / f"{name}.png").read_bytes()
+        (workspace / "masks" / f"{name}.png").write_bytes(data[: len(data) // 2])
+    kept = folder(3)
+    assert [image.name for image, _ in kept.pairs] == ["d0.png", "d2.png", "d4.png"]
+    assert kept[2][1].shape == (32, 32)
+    with pytest.raises(AdvSpatialError, match=r"cannot read masks/d3\.png: image file is truncated"):
+        folder(None)
 
 
 def test_segmentation_demo_runs_every_recipe() -> None:

@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
 import distributed_workers as workers
-from advspatial import GridSearchRotoTranslation, WorstOfK
+from advspatial import AdvSpatialError, GridSearchRotoTranslation, WorstOfK
 from advspatial.data import load_digits_28
-from advspatial.distributed import rank_generator
+from advspatial.distributed import fit_distributed, rank_generator
 from advspatial.evaluation import (
     grid_accuracy,
     invariance_profile,
@@ -131,6 +131,36 @@ def test_fit_distributed_with_worst_of_k_and_invariance_loss_keeps_ranks_identic
     assert not torch.equal(ranks[0]["fit_last_params"], ranks[1]["fit_last_params"])
     for out in ranks:
         assert "loss_fn holds the unwrapped SmallCNN" in out["fit_unwrapped_loss"]
+
+
+def test_fit_distributed_calls_back_on_every_rank_stops_together_and_labels_the_bar_of_rank_0(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # rank 1's callback asks to stop after epoch 1, rank 0's never does: both stop there.
+    for out in ranks:
+        assert [epoch for epoch, _ in out["callback_seen"]] == [0, 1]
+        assert [loss for _, loss in out["callback_seen"]] == out["callback_history"]
+        assert [epoch for epoch, _ in out["callback_demo_seen"]] == [0]  # the demo's estimate is fed
+    assert ranks[0]["callback_history"] == ranks[1]["callback_history"]  # the all-reduced mean loss
+    assert ranks[0]["callback_bars"] == ["train shard", "train worst-of-10"]  # the demo's label
+    assert ranks[1]["callback_bars"] == []  # bars on rank 0 only
+
+
+def test_fit_distributed_in_one_process_takes_the_callback_of_fit() -> None:
+    data = TensorDataset(torch.rand(8, 1, 28, 28), torch.arange(8) % 10)
+    seen: list[int] = []
+    history = fit_distributed(
+        SmallCNN(),
+        data,
+        epochs=3,
+        batch_size=4,
+        on_epoch_end=lambda epoch, loss: seen.append(epoch) or epoch == 1,
+    )
+    assert seen == [0, 1] and len(history) == 2
+    with pytest.raises(
+        AdvSpatialError, match=r"on_epoch_end must be a callable on_epoch_end\(epoch, mean_loss\), got int"
+    ):
+        fit_distributed(SmallCNN(), data, epochs=1, on_epoch_end=3)  # type: ignore[arg-type]
 
 
 def _eval_reference(setup: dict[str, Any]) -> tuple[SmallCNN, DataLoader[Any]]:

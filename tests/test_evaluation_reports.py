@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from advspatial import AdvSpatialError, GridSearchRotoTranslation, WorstOfK, roto_translate
+from advspatial import AdvSpatialError, GridSearchRotoTranslation, WorstOfK, roto_translate, score_candidates
 from advspatial.cli.benchmark_cost import measure_against_best_bare
 from advspatial.evaluation import (
     first_order_accuracy,
@@ -191,8 +191,56 @@ def test_rotation_profile_matches_a_loop_over_angles(model, data) -> None:
     assert float(profile.worst_case_accuracy[-1]) == pytest.approx(
         float(profile.correct.all(1).float().mean())
     )
-    assert profile.evaluations == 2 * 20 * 7 + 20
+    assert profile.evaluations == 20 * (7 + 1)  # every angle once, and the clean pass
     assert json.loads(json.dumps(profile.to_dict()))["ranges"] == [0.0, 10.0, 20.0, 30.0]
+
+
+class ImageCounter(torch.nn.Module):
+    """The wrapped model, counting the images its forward pass sees."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        return self.inner(x)
+
+
+def test_rotation_profile_scores_each_angle_once_with_the_numbers_of_two_scorings(data) -> None:
+    _, loader = data
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10))  # rotations change its mind
+    counted = ImageCounter(model)
+    profile = rotation_profile(counted, loader, max_rotation=180, angles=31)
+    # 31 rotated candidates and the clean image per image; scoring twice would be 20 x 63.
+    assert counted.images == profile.evaluations == 20 * 32
+    # The former computation: every angle scored against the labels, then against the clean prediction.
+    candidates = torch.stack([profile.angles, torch.zeros(31), torch.zeros(31)], dim=1)
+    correct, consistent = [], []
+    for images, labels in loader:
+        correct.append(score_candidates(model, images, labels, candidates).correct)
+        consistent.append(score_candidates(model, images, None, candidates).correct)
+    assert torch.equal(profile.correct, torch.cat(correct))
+    assert torch.equal(profile.consistent, torch.cat(consistent))
+    for flags in (profile.correct, profile.consistent):  # both flags vary: the comparison means something
+        assert bool(flags.any()) and not bool(flags.all())
+    # An empty batch among the batches adds no row and costs nothing.
+    nothing = (torch.zeros(0, 1, 12, 12), torch.zeros(0, dtype=torch.long))
+    padded = rotation_profile(model, [nothing, *loader], max_rotation=180, angles=31)
+    assert torch.equal(padded.correct, profile.correct) and padded.evaluations == profile.evaluations
+
+
+def test_rotation_profile_follows_the_dtype_rule(data) -> None:
+    """A float64 model scores float32 images in its own dtype, as the searches do (no dtype crash)."""
+    _, loader = data
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10)).double()
+    profile = rotation_profile(model, loader, angles=5)
+    reference = rotation_profile(model, [(images.double(), labels) for images, labels in loader], angles=5)
+    assert torch.equal(profile.correct, reference.correct)
+    assert torch.equal(profile.consistent, reference.consistent)
 
 
 def test_loss_landscape_matches_brute_force(model) -> None:

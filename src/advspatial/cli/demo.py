@@ -59,8 +59,8 @@ class TrainingRun:
         seed: seed of the shuffling and of the recipe's own draws.
         progress: show a progress bar.
         desc: the progress bar's label, e.g. ``"train worst-of-10"``.
-        on_epoch_end: ``on_epoch_end(epoch, mean_loss)`` for :func:`advspatial.training.fit`
-            (the demo's time estimate); ignored under torchrun.
+        on_epoch_end: ``on_epoch_end(epoch, mean_loss)`` for :func:`advspatial.training.fit` and,
+            under torchrun, :func:`advspatial.distributed.fit_distributed` (the demo's time estimate).
     """
 
     epochs: int
@@ -102,22 +102,16 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _fit(model: nn.Module, data: Dataset[Any], run: TrainingRun, **kw: Any) -> object:
-    """``fit`` in one process; under torchrun DDP with the same global batch of 64 split over ranks."""
-    if _sharded():
-        batch = max(1, 64 // get_world_size())
-        return fit_distributed(
-            model, data, epochs=run.epochs, batch_size=batch, seed=run.seed, progress=run.progress, **kw
-        )
-    return fit(
-        model,
-        data,
-        epochs=run.epochs,
-        seed=run.seed,
-        progress=run.progress,
-        desc=run.desc,
-        on_epoch_end=run.on_epoch_end,
-        **kw,
+    """``fit`` in one process; under torchrun DDP with the same global batch of 64 split over ranks.
+
+    Both get the run's bar label and epoch callback (under torchrun the bar shows on rank 0).
+    """
+    kw.update(
+        epochs=run.epochs, seed=run.seed, progress=run.progress, desc=run.desc, on_epoch_end=run.on_epoch_end
     )
+    if _sharded():
+        return fit_distributed(model, data, batch_size=max(1, 64 // get_world_size()), **kw)
+    return fit(model, data, **kw)
 
 
 def _standard(model: nn.Module, data: Dataset[Any], run: TrainingRun) -> object:
@@ -286,8 +280,8 @@ def _silent(line: str) -> None:
 
 def _evaluation_units(images: int, grid_evaluations: float, plots: bool) -> float:
     """Forward evaluations of one recipe's evaluation: natural, random, worst-of-10, the grid's, and
-    with plots the rotation profile (31 angles) and the landscapes (3 images x 31 x 13)."""
-    return images * 12 + grid_evaluations + (images * 31 + 3 * 31 * 13 if plots else 0)
+    with plots the rotation profile (31 angles and the clean pass) and the landscapes (3 images x 31 x 13)."""
+    return images * 12 + grid_evaluations + (images * 32 + 3 * 31 * 13 if plots else 0)
 
 
 def _epoch_done(

@@ -214,9 +214,10 @@ def _read_image(path: str) -> Any:
 
 
 def _check_image_files(paths: list[str], resize: int | None) -> None:
-    """Open every image's header before any work: unreadable, empty and oversized files are named.
+    """Decode every image before any work: unreadable, empty, truncated and oversized files are named.
 
-    PIL refuses (``DecompressionBombError``) headers of more than twice ``Image.MAX_IMAGE_PIXELS``.
+    Each image is decoded in full (a valid header over cut-off data fails here, not mid-sweep). PIL
+    refuses (``DecompressionBombError``) headers of more than twice ``Image.MAX_IMAGE_PIXELS``.
     Without ``--resize`` the images must be at least 2 x 2 px and all of one size.
     """
     from PIL import Image
@@ -226,6 +227,7 @@ def _check_image_files(paths: list[str], resize: int | None) -> None:
         try:
             with Image.open(path) as image:
                 size = image.size
+                image.load()
         except Exception as error:
             raise AdvSpatialError(
                 f"--image-folder: cannot read image {path}: {_first_line(error)}"
@@ -459,10 +461,8 @@ def _open_segmentation(args: argparse.Namespace) -> tuple[SegmentationFolder, di
         _transform(args.resize, args.grayscale),
         args.resize,
         _IMAGE_SUFFIXES,
+        limit=args.limit,
     )
-    if args.limit is not None and args.limit < len(dataset):
-        step = len(dataset) / args.limit
-        dataset.pairs = [dataset.pairs[int(i * step)] for i in range(args.limit)]
     info = {
         "source": "segmentation_folders",
         "path": str(args.image_folder),
@@ -642,7 +642,7 @@ def _with_estimates(loader: DataLoader[Any], args: argparse.Namespace, images: i
         (f"worst-of-{args.k}", args.k, args.k),
         (grid_name, 1, grid),
         (f"first-order ({args.pgd_steps} steps)", pgd, pgd),
-        ("rotation profile", 63, 63),  # 31 angles scored with and without labels, + clean
+        ("rotation profile", 32, 32),  # 31 angles, each scored once, + the clean pass
     ][: 6 if args.task == "classification" else 5]  # no rotation profile for segmentation
     stages = [(name, float(images * least), float(images * most)) for name, least, most in per_image]
     work = RemainingWork(stages)

@@ -34,6 +34,10 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
         transform: the image transform (``PIL image -> (C, H, W) float tensor``).
         resize: side ``N`` of the square size masks are resized to (nearest), or ``None``.
         suffixes: image file suffixes (lower case).
+        limit: keep this many pairs, evenly spaced in name order (deterministic), or all when ``None``.
+
+    Every kept image and mask is decoded once here, before any work: an unreadable or truncated
+    file, a colour mask or a size mismatch is refused with an error naming the file.
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
         transform: Callable[[Any], Tensor],
         resize: int | None,
         suffixes: tuple[str, ...],
+        *,
+        limit: int | None = None,
     ) -> None:
         for flag, folder in (("--image-folder", images), ("--mask-folder", masks)):
             if not folder.is_dir():
@@ -58,11 +64,15 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise AdvSpatialError(f"--mask-folder: no mask <name>.png in {masks} for {shown}")
         self.pairs = [(p, masks / f"{p.stem}.png") for p in files]
+        if limit is not None and limit < len(self.pairs):
+            step = len(self.pairs) / limit
+            self.pairs = [self.pairs[int(i * step)] for i in range(limit)]
         self.transform, self.resize = transform, resize
-        self._check_headers()
+        self._check_files()
 
-    def _check_headers(self) -> None:
-        """Open every header before any work: unreadable files, colour masks and size mismatches."""
+    def _check_files(self) -> None:
+        """Decode every file in full before any work: unreadable or truncated files (a valid header
+        over cut-off data), colour masks and size mismatches."""
         from PIL import Image
 
         for image_path, mask_path in self.pairs:
@@ -72,6 +82,7 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
                     with Image.open(path) as opened:
                         sizes.append(opened.size)
                         mode = opened.mode
+                        opened.load()
                 except Exception as error:
                     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                     raise AdvSpatialError(f"{flag}: cannot read {path}: {text}") from error

@@ -16,10 +16,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from advspatial.distributed.collectives import all_reduce_sum
 from advspatial.distributed.context import current_context
 from advspatial.engine.model_state import check_model, model_device, unwrap_model
 from advspatial.errors import AdvSpatialError, positive_int
-from advspatial.training.fit import BatchLoss, BatchTransform, train_one_epoch
+from advspatial.training.fit import (
+    BatchLoss,
+    BatchTransform,
+    EpochCallback,
+    _check_epoch_callback,
+    train_one_epoch,
+)
 
 __all__ = ["broadcast_model_state", "fit_distributed", "wrap_ddp"]
 
@@ -93,8 +100,10 @@ def fit_distributed(
     lr: float = 3e-3,
     transform: BatchTransform | None = None,
     loss_fn: BatchLoss | None = None,
+    on_epoch_end: EpochCallback | None = None,
     seed: int = 0,
     progress: bool = False,
+    desc: str = "train",
 ) -> list[float]:
     """:func:`advspatial.training.fit` under DDP: Adam, cosine schedule, a transform per batch.
 
@@ -117,8 +126,13 @@ def fit_distributed(
             :class:`advspatial.InvarianceRegularizedLoss`); cross-entropy of the model by default. A
             loss that calls the model must hold the DDP wrapper: ``ddp = wrap_ddp(model)``, build the
             loss with ``ddp`` and pass ``ddp`` here (a loss holding the plain module is refused).
+        on_epoch_end: ``on_epoch_end(epoch, mean_loss)`` after each epoch on every rank, with the
+            mean loss over all ranks (``epoch`` counts from 0) and the model still in training mode;
+            return ``True`` to stop training there. Training stops on every rank when the callback
+            returns ``True`` on any rank, so the ranks stay in step.
         seed: seed of the shuffling.
-        progress: progress bar on rank 0.
+        progress: show a progress bar over the epochs, on rank 0 only.
+        desc: the progress bar's label, e.g. ``"train worst-of-10"``.
 
     Returns:
         The mean training loss of each epoch over all ranks. Every rank ends with the same
@@ -126,6 +140,7 @@ def fit_distributed(
     """
     positive_int(epochs, "epochs", minimum=0)
     positive_int(batch_size, "batch_size")
+    _check_epoch_callback(on_epoch_end)
     context = current_context()
     ddp = wrap_ddp(model)
     device = model_device(unwrap_model(ddp)) or torch.device("cpu")
@@ -142,7 +157,7 @@ def fit_distributed(
     if progress and context.is_main:
         from tqdm.auto import tqdm
 
-        epoch_iter = tqdm(epoch_iter, desc="train", unit="epoch", leave=False)
+        epoch_iter = tqdm(epoch_iter, desc=desc, unit="epoch", leave=False)
     for epoch in epoch_iter:
         sampler.set_epoch(epoch)
         total, seen = train_one_epoch(
@@ -152,6 +167,10 @@ def fit_distributed(
         if context.world_size > 1:
             torch.distributed.all_reduce(totals)
         history.append(float(totals[0] / totals[1].clamp(min=1)))
+        if on_epoch_end is not None:  # every rank votes: the ranks stop together
+            stop = on_epoch_end(epoch, history[-1]) is True
+            if all_reduce_sum([int(stop)], context)[0] > 0:
+                break
     broadcast_model_state(ddp)  # BatchNorm statistics of rank 0 everywhere: identical models
     model.eval()
     return history

@@ -1,9 +1,10 @@
 """Accuracy and invariance of a model as the rotation range grows (layer 7).
 
-All angles of all images are scored with the batched engine (:func:`advspatial.score_candidates`),
-once against the labels (accuracy) and once against the model's own clean prediction (invariance:
-the prediction does not change). The data is walked by :func:`advspatial.evaluation.walk.walk`
-(sharded by itself under ``torchrun``).
+All angles of all images are scored with the batched engine (:func:`advspatial.score_candidates`):
+one forward evaluation per (image, angle) pair plus one clean pass per image. Both flags come from
+the same forward passes: a pair is *correct* when its predicted class is the label (accuracy) and
+*consistent* when it is the clean image's predicted class (invariance). The data is walked by
+:func:`advspatial.evaluation.walk.walk` (sharded by itself under ``torchrun``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from advspatial.engine.model_state import check_model
-from advspatial.engine.search import ScoringConfig, score_candidates
-from advspatial.errors import positive_int, symmetric_range
+from advspatial.engine.search import ScoringConfig, model_outputs, score_candidates
+from advspatial.errors import images_in_model_dtype, positive_int, symmetric_range
 from advspatial.evaluation.plots import plot_rotation_profiles
 from advspatial.evaluation.walk import BatchRows, Data, walk
+from advspatial.tasks import Classification
 
 __all__ = ["RotationProfile", "rotation_profile"]
 
@@ -37,7 +39,7 @@ class RotationProfile:
         accuracy_at_angle: ``(K,)`` accuracy at each angle.
         worst_case_accuracy: ``(R,)`` fraction right at *every* scored angle within ``[-r, r]``.
         invariance: ``(R,)`` fraction whose prediction is unchanged at every angle within ``[-r, r]``.
-        evaluations: forward evaluations spent.
+        evaluations: forward evaluations spent: ``K + 1`` per image (every angle, and the clean pass).
         seconds: wall time.
     """
 
@@ -107,13 +109,23 @@ def rotation_profile(
         range_values = torch.tensor([symmetric_range(r, "ranges", 1)[0] for r in ranges])
     candidates = torch.stack([grid, torch.zeros_like(grid), torch.zeros_like(grid)], dim=1)
 
+    task = Classification()
+
     def step(images: Tensor, labels: Tensor, index: Tensor) -> BatchRows:
-        rows, evaluations = {}, 0
-        for name, targets in (("correct", labels), ("consistent", None)):
-            scores = score_candidates(model, images, targets, candidates, ScoringConfig())
-            rows[name] = scores.correct
-            evaluations += scores.evaluations
-        return BatchRows(rows, {"evaluations": evaluations})
+        if images.shape[0] == 0:
+            flags = torch.zeros(0, count, dtype=torch.bool)
+            return BatchRows({"correct": flags, "consistent": flags})
+        images = images_in_model_dtype(images, model)
+        # The clean prediction, as the engine's label-free reference takes it (arg-max of the log-softmax).
+        clean = task.reference(model_outputs(model, images, task)).argmax(dim=1)
+
+        def kept(outputs: Tensor, rows: Tensor) -> Tensor:  # 1.0 where the prediction stays the clean one
+            return (outputs.argmax(dim=1) == clean[rows]).float()
+
+        # One forward pass per (image, angle): the labels give ``correct``, the objective ``consistent``.
+        scores = score_candidates(model, images, labels, candidates, ScoringConfig(), objective=kept)
+        rows = {"correct": scores.correct, "consistent": scores.losses > 0.5}
+        return BatchRows(rows, {"evaluations": scores.evaluations + images.shape[0]})
 
     walked = walk(model, data, step, name="rotation profile", batch_size=batch_size, progress=progress)
     empty = torch.zeros(0, count, dtype=torch.bool)

@@ -80,11 +80,7 @@ def fit(
     check_model(model)
     positive_int(epochs, "epochs", minimum=0)
     positive_int(batch_size, "batch_size")
-    if on_epoch_end is not None and not callable(on_epoch_end):
-        raise AdvSpatialError(
-            "on_epoch_end must be a callable on_epoch_end(epoch, mean_loss), "
-            f"got {type(on_epoch_end).__name__}"
-        )
+    _check_epoch_callback(on_epoch_end)
     device = model_device(model) or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
@@ -105,6 +101,15 @@ def fit(
             break
     model.eval()
     return history
+
+
+def _check_epoch_callback(on_epoch_end: object) -> None:
+    """``on_epoch_end`` is ``None`` or a callable ``on_epoch_end(epoch, mean_loss)``."""
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise AdvSpatialError(
+            "on_epoch_end must be a callable on_epoch_end(epoch, mean_loss), "
+            f"got {type(on_epoch_end).__name__}"
+        )
 
 
 def _optimizer(
