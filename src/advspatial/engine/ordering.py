@@ -197,13 +197,6 @@ def score_until_fooled(
         ranking = torch.argsort(score + 1e-9 * prior, dim=1, descending=True, stable=True)
         untried = ~scored[live].gather(1, ranking)
         allowance = (tried[live] * _ALLOWANCE_GROWTH).ceil().clamp(min=1).unsqueeze(1)
-        least = budget.least_round_pairs() if budget is not None and admitted >= batch else 0
-        if least > int(allowance.sum()):
-            # Rounds this small cost more in fixed time than they can save: fill them evenly, and
-            # take all of an image's rest rather than leave it a round smaller than this one.
-            share = math.ceil(least / live.numel())
-            left = (count - tried[live]).unsqueeze(1)
-            allowance = torch.where(left < 2 * share, left, allowance.clamp(min=share))
         pick = untried & (untried.cumsum(dim=1) <= allowance)
         live_pos, rank_pos = pick.nonzero(as_tuple=True)
         rows, cols = live[live_pos], ranking[live_pos, rank_pos]

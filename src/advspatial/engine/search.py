@@ -250,8 +250,7 @@ def score_candidates(
             scored.fill_(True)
         else:
             shared = candidates if candidates.ndim == 2 else candidates[0]
-            chunks = scorer.chunks
-            budget = RoundBudget(batch * count, chunks.pair_seconds, chunks.clock, chunk_size=chunks.size)
+            budget = RoundBudget(batch * count, scorer.chunks.pair_seconds, scorer.chunks.clock)
             score_until_fooled(scorer, shared, prepared.groups(), losses, correct, scored, budget)
     exhaustive = batch * count + (batch if targets is None else 0)
     return Scores(losses, correct, scored, scorer.evaluations, exhaustive, scorer.chunks.chunk_size)

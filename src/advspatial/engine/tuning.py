@@ -61,7 +61,6 @@ from advspatial.engine.chunking import default_chunk_size
 __all__ = [
     "GAIN",
     "REPEATS",
-    "ROUND_SHARE",
     "STAKE",
     "ChunkTuner",
     "RoundBudget",
@@ -79,9 +78,6 @@ GAIN = 1.03
 """A size must be this many times faster (pairs per second) than a smaller one to be taken."""
 STAKE = 0.05
 """Share of the exhaustive cost early exit may spend on rounds before they have saved anything."""
-ROUND_SHARE = 0.02
-"""Share of a round's time its fixed cost (bookkeeping, a forward call) may take, once every image
-is admitted: smaller rounds are filled up (see :meth:`RoundBudget.least_round_pairs`)."""
 
 _MIN_CHUNK, _MAX_CHUNK = 8, 4096
 _CPU_RAM_SHARE, _CUDA_MEMORY_SHARE = 0.25, 0.5
@@ -385,15 +381,12 @@ class RoundBudget:
         pair_seconds: Callable[[], float | None],
         clock: Clock | None = None,
         stake: float = STAKE,
-        chunk_size: Callable[[], int] | None = None,
     ) -> None:
         self.exhaustive_pairs, self.stake = exhaustive_pairs, stake
         self._pair_seconds = pair_seconds
-        self._chunk_size = chunk_size
         self.clock: Clock = clock or time.perf_counter
         self.round_seconds = 0.0
         self.round_pairs = 0
-        self.rounds = 0
         self.saved_pairs = 0
         self._fastest_round = math.inf
         self._last = 0.0
@@ -408,42 +401,16 @@ class RoundBudget:
         seconds, self._last = now - self._last, now
         self.round_seconds += seconds
         self.round_pairs += pairs
-        self.rounds += 1
         self.saved_pairs = saved_pairs
         if pairs:
             self._fastest_round = min(self._fastest_round, seconds / pairs)
 
-    def _per_pair(self) -> float:
-        per_pair = self._pair_seconds()
-        return self._fastest_round if per_pair is None else per_pair
-
     def exhausted(self) -> bool:
         """Whether the rounds have spent more than they saved plus the stake."""
-        per_pair = self._per_pair()
+        per_pair = self._pair_seconds()
+        if per_pair is None:
+            per_pair = self._fastest_round
         if not math.isfinite(per_pair):
             return False
         overhead = self.round_seconds - per_pair * self.round_pairs
         return overhead > per_pair * (self.saved_pairs + self.stake * self.exhaustive_pairs)
-
-    def least_round_pairs(self) -> int:
-        """Fewest pairs a round should score so that its fixed cost is at most :data:`ROUND_SHARE`
-        of its work: the mean overhead of the rounds so far over ``ROUND_SHARE`` times the per-pair
-        cost, rounded up to whole chunks when above one chunk (0 before any round).
-
-        Example:
-            >>> ticks = iter([0.0, 0.002])
-            >>> budget = RoundBudget(7750, lambda: 1e-4, clock=lambda: next(ticks), chunk_size=lambda: 64)
-            >>> budget.start()
-            >>> budget.round_done(pairs=1, saved_pairs=0)  # 1.9 ms of overhead: 950 pairs, 15 chunks
-            >>> budget.least_round_pairs()
-            960
-        """
-        per_pair = self._per_pair()
-        if not self.rounds or not math.isfinite(per_pair) or per_pair <= 0:
-            return 0
-        overhead = max(0.0, self.round_seconds - per_pair * self.round_pairs) / self.rounds
-        pairs = math.ceil(overhead / (ROUND_SHARE * per_pair))
-        chunk = self._chunk_size() if self._chunk_size is not None else 0
-        if chunk and pairs > chunk:
-            pairs = math.ceil(pairs / chunk) * chunk
-        return min(pairs, self.exhaustive_pairs)
