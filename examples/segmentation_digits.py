@@ -15,7 +15,9 @@ schedule):
   task=Segmentation(), weight=8.0, task_on="nat")``: the classification defaults (KL, weight 8,
   cross-entropy on the natural images), and
   (e) the same with weight 1 and the cross-entropy on both the natural and the chosen images: the
-  loss's defaults for segmentation (chosen after (d) failed; passed explicitly here).
+  loss's defaults for segmentation (chosen after (d) failed; passed explicitly here);
+- (f) worst-of-10 with the cross-entropy on both the natural and the chosen images (the mean of the two),
+  no regularizer: the demo's worst-of-10 recipe.
 
 Each model is scored on the test canvases with ``advspatial.evaluation`` (``task=Segmentation()``):
 natural, one random transform per image, worst-of-10 and the grid (every candidate scored, no early
@@ -40,6 +42,7 @@ from torch.utils.data import TensorDataset
 
 from advspatial.cli.demo_segmentation import (
     equivariance,
+    natural_and_worst_of_10,
     random_augmentation,
     score_unet,
     standard,
@@ -56,6 +59,7 @@ RUNS: dict[str, Callable[[nn.Module, int], Loss]] = {
     "(c) worst-of-10": worst_of_10,
     "(d) worst-of-10 + equivariance (KL, weight 8, task nat)": equivariance(8.0, "nat"),
     "(e) worst-of-10 + equivariance (KL, weight 1, task both)": equivariance(1.0, "both"),
+    "(f) worst-of-10, task on natural + worst": natural_and_worst_of_10,
 }
 
 
@@ -83,7 +87,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 (0 quick)")
     parser.add_argument("--grid", type=int, nargs=2, default=None, metavar=("ROTATIONS", "TRANSLATIONS"))
     parser.add_argument("--grid-images", type=int, default=None, help="test images the grid scores")
-    parser.add_argument("--runs", nargs="+", choices=list("abcde"), default=list("abcde"))
+    parser.add_argument("--runs", nargs="+", choices=list("abcdef"), default=list("abcdef"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no oversubscription)")
     args = parser.parse_args()
     epochs = args.epochs if args.epochs is not None else (3 if args.quick else 10)

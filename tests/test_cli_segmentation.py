@@ -196,3 +196,15 @@ def test_segmentation_demo_runs_every_recipe() -> None:
         for miou, robust in row.scores.values():
             assert 0.0 <= miou <= 1.0 and 0.0 <= robust <= 1.0
     assert format_segmentation_table(rows).count("\n") == 4
+
+
+def test_natural_and_worst_of_10_is_the_mean_of_the_natural_and_the_worst_of_10_losses() -> None:
+    from advspatial.cli.demo_segmentation import natural_and_worst_of_10, standard, worst_of_10
+    from advspatial.models import UNet
+
+    images, masks = (t[:6] for t in load_digits_segmentation()[1].tensors)
+    torch.manual_seed(0)
+    model = UNet(width=4).eval()  # eval mode: one forward over both views equals two separate ones
+    both = natural_and_worst_of_10(model, 3)(images, masks)
+    expected = 0.5 * (standard(model, 3)(images, masks) + worst_of_10(model, 3)(images, masks))
+    torch.testing.assert_close(both, expected)
