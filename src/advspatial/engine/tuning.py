@@ -3,23 +3,23 @@
 **Chunk autotuning.** The fastest chunk depends on the model, the input size, the device, the
 threads and the machine's load, so the engine measures it instead of guessing (like
 ``torch.backends.cudnn.benchmark``). The first chunks of a search are its real work, run at a few
-sizes on a geometric ladder of half-octaves (the input-size rule of :func:`default_chunk_size` first,
-then the rungs ``8, 12, 16, 24, 32, 48, 64, ...`` next to the fastest size so far), and the size of
-most pairs per second is kept for the rest of the search and for later searches with the same
-:class:`TuningKey` (model identity, image shape and dtype, device, autocast, threads). No forward pass
-is spent on tuning beyond the work itself.
+sizes (the input-size rule of :func:`default_chunk_size` first, then octaves and half-octaves around
+the fastest size so far), and the size of most pairs per second is kept for the rest of the search
+and for later searches with the same :class:`TuningKey` (model identity, image shape and dtype,
+device, autocast, threads). No forward pass is spent on tuning beyond the work itself.
 
 *Timing rule.* The first chunk a tuner sees is a warm-up and is not counted (lazy initialisation,
 allocator growth). Each size is then timed on :data:`REPEATS` full chunks and its **fastest** chunk
 counts: other load on the machine only ever makes a chunk slower, so the minimum is the estimate
-least disturbed by it. The climb times the unmeasured rung above the fastest size so far, else the
-one below it, until both neighbours of the fastest size are measured; then the fastest size and its
-neighbours are timed once more (the first sizes ran in a cold process: on the digits CNN the first
-size measured 11,700 pairs/s before and 21,000 after the allocator had grown, and the climb had
-left it for a slower size), the climb goes on if the fastest size changed, and the tuner keeps the
-smallest size within :data:`GAIN` (3 %) of the fastest: within noise the smaller chunk (less memory)
-wins. Half-octave rungs matter: on ResNet-50 at 64 x 64 (CPU) 21 and 42 pairs tie while 32 is about
-6 % faster, which an octave ladder from 21 never times. Chunks cut short by the end of
+least disturbed by it. The climb times, around the fastest size so far, the octave above, the
+octave below, then the half-octaves between (the sizes ``8, 12, 16, 24, 32, 48, ...`` nearest the
+geometric means), until all four are timed. Octaves cross a flat stretch in few steps (a U-Net at
+64 x 64 starts at 64 pairs where 16 is twice as fast); half-octaves find a peak between them
+(ResNet-50 at 64 x 64: 21 and 42 tie, 32 is about 6 % faster). Then the fastest size and its nearest
+timed neighbours are timed once more, since the first sizes ran in a cold process (on the digits CNN
+the first size measured 11,700 pairs/s before and 21,000 after the allocator had grown), and the
+climb goes on if the fastest changed. The tuner keeps the smallest size within :data:`GAIN` (3 %) of
+the fastest: within noise the smaller chunk (less memory) wins. Chunks cut short by the end of
 a call are not timed; no size above the largest call is tried, and a whole call of at least half the
 size being timed stands in for it, so a search smaller than the first size is tuned too (calls all
 smaller than half the first size run as one chunk each and leave the tuner unsettled: there is
@@ -46,7 +46,6 @@ exhaustive search, and saves wherever images are fooled.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import os
@@ -70,9 +69,8 @@ __all__ = [
     "TuningKey",
     "chunk_tuner",
     "forget_chunk_tunings",
+    "half_octave",
     "memory_bound",
-    "rung_above",
-    "rung_below",
 ]
 
 REPEATS = 3
@@ -168,13 +166,14 @@ class ChunkTuner:
     Example:
         >>> tuner = ChunkTuner(start=64, budget_bytes=2**30, pair_bytes=2**10, repeats=1)
         >>> tuner.observe(64, 1.0)  # warm-up, not counted
-        >>> climb = [(64, 1.0), (96, 1.2), (128, 1.8)]  # 96 is fastest, both neighbours timed
-        >>> confirm = [(96, 1.2), (128, 1.8), (64, 1.0)]  # once more each, then the choice
-        >>> for size, seconds in climb + confirm:
+        >>> octaves = [(64, 1.0), (128, 1.5), (256, 3.5)]  # 128 is fastest, both octaves timed
+        >>> halves = [(192, 2.4), (96, 1.2)]  # the half-octaves between
+        >>> confirm = [(128, 1.5), (192, 2.4), (96, 1.2)]  # once more each, then the choice
+        >>> for size, seconds in octaves + halves + confirm:
         ...     assert tuner.size() == size
         ...     tuner.observe(size, seconds)
         >>> tuner.settled, tuner.size()
-        (True, 96)
+        (True, 128)
     """
 
     def __init__(
@@ -290,24 +289,25 @@ class ChunkTuner:
         rates = self.rates()
         fastest = max(rates, key=lambda size: rates[size])
         cap = min(self.limit, self.largest_call or self.limit)
-        neighbours = (min(rung_above(fastest), cap), rung_below(fastest))
-        for size in neighbours:
-            if _MIN_CHUNK <= size != fastest and size not in self._best_seconds:
+        up, down = min(2 * fastest, cap), fastest // 2
+        # Octaves first (they cross a plateau in few steps), then the half-octaves between.
+        for size in (up, down, half_octave(fastest, up), half_octave(down, fastest)):
+            if size is not None and _MIN_CHUNK <= size != fastest and size not in self._best_seconds:
                 self._current = size
                 return
         if not self._confirmed:
             # The first sizes were timed in a cold process (allocator and kernel caches still
-            # growing): time the fastest size and its neighbours once more before choosing.
+            # growing): time the fastest size and its nearest timed neighbours once more.
             self._confirmed = True
-            timed = dict.fromkeys((fastest, *neighbours))
-            self._recheck = [size for size in timed if size in self._best_seconds]
+            above = [size for size in self._best_seconds if size > fastest]
+            below = [size for size in self._best_seconds if size < fastest]
+            self._recheck = [fastest, *([min(above)] if above else []), *([max(below)] if below else [])]
             self._advance()
             return
-        best = self._best()
-        self.chosen = best
+        self.chosen = self._best()
         logger.debug(
             "chunk size %d chosen (pairs/s by size: %s)",
-            best,
+            self.chosen,
             ", ".join(f"{size}: {rate:.0f}" for size, rate in sorted(self.rates().items())),
         )
 
@@ -315,26 +315,19 @@ class ChunkTuner:
 _LADDER = sorted({2**k for k in range(1, 14)} | {3 * 2**k for k in range(13)})
 
 
-def rung_above(size: int) -> int:
-    """The next size up on the ladder of half-octaves ``8, 12, 16, 24, 32, 48, ...`` (``2**k`` and
-    ``3 * 2**k``), from any size.
+def half_octave(low: int, high: int) -> int | None:
+    """The size on the ladder ``8, 12, 16, 24, 32, 48, ...`` (``2**k`` and ``3 * 2**k``) strictly
+    between ``low`` and ``high`` that is nearest their geometric mean, or ``None``.
 
     Example:
-        >>> rung_above(21), rung_above(24), rung_above(32), rung_above(334)
-        (24, 32, 48, 384)
+        >>> half_octave(21, 42), half_octave(10, 21), half_octave(64, 128), half_octave(64, 64)
+        (32, 16, 96, None)
     """
-    return _LADDER[bisect.bisect_right(_LADDER, size)] if size < _LADDER[-1] else 2 * size
-
-
-def rung_below(size: int) -> int:
-    """The next size down on the ladder of half-octaves (0 below the smallest rung).
-
-    Example:
-        >>> rung_below(21), rung_below(24), rung_below(32), rung_below(3)
-        (16, 16, 24, 2)
-    """
-    index = bisect.bisect_left(_LADDER, size)
-    return _LADDER[index - 1] if index else 0
+    inside = [size for size in _LADDER if low < size < high]
+    if not inside:
+        return None
+    middle = math.log(max(low, 1) * high) / 2
+    return min(inside, key=lambda size: abs(math.log(size) - middle))
 
 
 _TUNERS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[TuningKey, ChunkTuner]] = (
