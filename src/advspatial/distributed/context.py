@@ -10,6 +10,7 @@ nothing, so the same script runs with ``python`` and with ``torchrun``.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,9 +180,12 @@ def destroy_distributed() -> None:
     """Destroy the default process group if one is running, after every rank has reached this point.
 
     The barrier keeps a rank from tearing down its gloo connections while a peer still uses them
-    (which can abort the peer with "terminate called without an active exception").
+    (which can abort the peer with "terminate called without an active exception"). Unreachable
+    objects that still hold the group (a DDP model's reducer in a reference cycle) are collected
+    first: freed later, at interpreter exit, they can abort the process the same way.
     """
     if is_distributed():
+        gc.collect()
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
