@@ -121,16 +121,7 @@ def _as_target(task: Task, target: Any, images: Tensor, batched: bool) -> Tensor
                 f"the Mask scored by {task!r} must be one mask per image, shaped {shapes[0]} or "
                 f"{shapes[1]} like the searched image, got {tuple(plain.shape)}"
             )
-        if plain.dtype.is_floating_point or plain.dtype.is_complex or plain.dtype == torch.bool:
-            raise AdvSpatialError(
-                f"the Mask scored by {task!r} must hold integer class indices, got {plain.dtype}"
-            )
-        limits = torch.iinfo(plain.dtype)
-        if not limits.min <= task.ignore_index <= limits.max:
-            raise AdvSpatialError(
-                f"a Mask of dtype {plain.dtype} cannot hold the ignore_index moved masks are filled with "
-                f"({task.ignore_index}); convert it, e.g. mask.to(torch.int64)"
-            )
+        task.check_mask_dtype(plain.dtype, f"the Mask scored by {task!r}")
         return plain.reshape(batch, height, width)
     canvas = (int(target.canvas_size[0]), int(target.canvas_size[1]))
     if canvas != (height, width) or not plain.is_floating_point():

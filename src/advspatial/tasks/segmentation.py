@@ -81,14 +81,7 @@ class Segmentation(Task):
                 f"{name} must have shape (B, H, W) = {expected} to match the images, "
                 f"got {tuple(targets.shape)}"
             )
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-            raise AdvSpatialError(f"{name} must hold integer class indices, got dtype {targets.dtype}")
-        limits = torch.iinfo(targets.dtype)
-        if not limits.min <= self.ignore_index <= limits.max:
-            raise AdvSpatialError(
-                f"{name} of dtype {targets.dtype} cannot hold the ignore_index moved masks are filled with "
-                f"({self.ignore_index}); convert them, e.g. {name}.to(torch.int64)"
-            )
+        self.check_mask_dtype(targets.dtype, name)
         masks = targets.to(device=images.device)
         labels = masks.long()
         valid = labels != self.ignore_index
@@ -113,6 +106,18 @@ class Segmentation(Task):
                 f"(per-pixel logits at the images' size), got {tuple(outputs.shape)}"
             )
         return _wide(outputs)  # NaN or infinite logits are caught on the per-pair loss (cheaper)
+
+    def check_mask_dtype(self, dtype: torch.dtype, name: str = "masks") -> None:
+        """Refuse a mask dtype that is not an integer one or cannot hold ``ignore_index`` (the fill of
+        moved masks), naming the masks ``name`` in the error."""
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise AdvSpatialError(f"{name} must hold integer class indices, got dtype {dtype}")
+        limits = torch.iinfo(dtype)
+        if not limits.min <= self.ignore_index <= limits.max:
+            raise AdvSpatialError(
+                f"{name} of dtype {dtype} cannot hold the ignore_index moved masks are filled with "
+                f"({self.ignore_index}); convert them to a wider integer dtype, e.g. torch.int64"
+            )
 
     def move_targets(self, targets: Tensor, params: Tensor, size: tuple[int, int]) -> Tensor:
         """Masks moved as :func:`advspatial.roto_translate_masks` with ``fill=ignore_index``."""
