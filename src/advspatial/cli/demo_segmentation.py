@@ -79,9 +79,14 @@ def random_augmentation(model: nn.Module, seed: int) -> Loss:
     return loss
 
 
+def _worst_of_10_attack(model: nn.Module, seed: int) -> WorstOfK:
+    """The recipes' worst-of-10 (the default box, +-30 degrees and +-3 px), drawn from ``seed + 1000``."""
+    return WorstOfK(model, k=10, task=TASK, generator=torch.Generator().manual_seed(seed + 1000))
+
+
 def worst_of_10(model: nn.Module, seed: int) -> Loss:
     """Cross-entropy on the worst of 10 transforms, against the masks moved with them."""
-    attack = WorstOfK(model, k=10, task=TASK, generator=torch.Generator().manual_seed(seed + 1000))
+    attack = _worst_of_10_attack(model, seed)
 
     def loss(images: Tensor, masks: Tensor) -> Tensor:
         result = attack.search(images, masks)
@@ -95,7 +100,7 @@ def natural_and_worst_of_10(model: nn.Module, seed: int) -> Loss:
     """Mean of the cross-entropy on the natural canvases and on the worst of 10 transforms (against the
     masks moved with them), one forward pass over both, as ``InvarianceRegularizedLoss(task_on="both")``
     does without its regularizer."""
-    attack = WorstOfK(model, k=10, task=TASK, generator=torch.Generator().manual_seed(seed + 1000))
+    attack = _worst_of_10_attack(model, seed)
 
     def loss(images: Tensor, masks: Tensor) -> Tensor:
         result = attack.search(images, masks)
@@ -114,7 +119,7 @@ def equivariance(weight: float | None = None, task_on: str | None = None) -> Rec
     """
 
     def recipe(model: nn.Module, seed: int) -> Loss:
-        attack = WorstOfK(model, k=10, task=TASK, generator=torch.Generator().manual_seed(seed + 1000))
+        attack = _worst_of_10_attack(model, seed)
         return InvarianceRegularizedLoss(model, attack, regularizer="kl", weight=weight, task_on=task_on)
 
     return recipe
