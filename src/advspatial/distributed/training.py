@@ -24,7 +24,7 @@ from advspatial.training.fit import (
     BatchLoss,
     BatchTransform,
     EpochCallback,
-    _check_epoch_callback,
+    check_epoch_callback,
     train_one_epoch,
 )
 
@@ -140,7 +140,7 @@ def fit_distributed(
     """
     positive_int(epochs, "epochs", minimum=0)
     positive_int(batch_size, "batch_size")
-    _check_epoch_callback(on_epoch_end)
+    check_epoch_callback(on_epoch_end)
     context = current_context()
     ddp = wrap_ddp(model)
     device = model_device(unwrap_model(ddp)) or torch.device("cpu")

@@ -80,7 +80,7 @@ def fit(
     check_model(model)
     positive_int(epochs, "epochs", minimum=0)
     positive_int(batch_size, "batch_size")
-    _check_epoch_callback(on_epoch_end)
+    check_epoch_callback(on_epoch_end)
     device = model_device(model) or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
@@ -103,7 +103,7 @@ def fit(
     return history
 
 
-def _check_epoch_callback(on_epoch_end: object) -> None:
+def check_epoch_callback(on_epoch_end: object) -> None:
     """``on_epoch_end`` is ``None`` or a callable ``on_epoch_end(epoch, mean_loss)``."""
     if on_epoch_end is not None and not callable(on_epoch_end):
         raise AdvSpatialError(
